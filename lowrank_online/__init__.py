@@ -1,0 +1,37 @@
+"""lowrank_online: streaming / online low-rank factorizations on any array-API backend.
+
+Core (paper 001, Puiu "Brand New K-FACs"):
+
+* :func:`svd_update`, :func:`eigh_update` -- Brand's thin-SVD update and its symmetric variant;
+* :func:`rsvd`, :func:`reigh` -- randomized SVD and symmetric (Nystrom) randomized EVD;
+* :func:`damped_solve` -- ``(Q L Q^T + lambda I)^{-1} X`` in time linear in the dimension;
+* :class:`LowRankEMA` -- exponential-average tracker with B-updates, RSVD refresh and light
+  correction;
+* :func:`save_state` / :func:`load_state` -- npz checkpoints without pickle.
+"""
+
+from ._linalg import DecompositionError
+from ._results import EighResult, SVDResult
+from .brand import eigh_update, svd_update
+from .checkpoint import load_state, save_state
+from .ema import LowRankEMA
+from .operators import LinearOperator
+from .randomized import reigh, rsvd
+from .solve import damped_solve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DecompositionError",
+    "EighResult",
+    "LinearOperator",
+    "LowRankEMA",
+    "SVDResult",
+    "damped_solve",
+    "eigh_update",
+    "load_state",
+    "reigh",
+    "rsvd",
+    "save_state",
+    "svd_update",
+]

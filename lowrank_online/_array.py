@@ -1,0 +1,261 @@
+"""Array plumbing: the one place that resolves namespaces, devices, dtypes and randomness.
+
+Every public function of the library validates its arguments through the helpers here and
+never re-implements them. Algorithms receive an already-resolved namespace ``xp`` and only
+call functions of the Python array API standard on it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__: list[str] = []  # private module
+
+_FLOAT_NAMES = ("float32", "float64")
+
+
+# --------------------------------------------------------------------------------------------
+# namespaces and devices
+# --------------------------------------------------------------------------------------------
+def _namespace_name(xp: Any) -> str:
+    name = getattr(xp, "__name__", repr(xp))
+    return name.replace("array_api_compat.", "")
+
+
+def is_array(x: Any) -> bool:
+    """True for an array of any array-API namespace (NumPy, CuPy, PyTorch, array-api-strict...)."""
+    return array_api_compat.is_array_api_obj(x)
+
+
+def namespace(*named: tuple[str, Any], xp: Any = None) -> Any:
+    """Resolve the single namespace shared by the named arrays.
+
+    ``named`` holds ``(argument name, value)`` pairs; ``None`` values are skipped. Raises
+    ``TypeError`` naming the first argument that is not an array, or the pair of arguments
+    that come from different namespaces.
+    """
+    found_name, found = None, None
+    for name, value in named:
+        if value is None:
+            continue
+        if not is_array(value):
+            raise TypeError(
+                f"`{name}` must be an array of an array-API namespace (NumPy, CuPy, PyTorch...), "
+                f"got {type(value).__name__}"
+            )
+        ns = array_api_compat.array_namespace(value)
+        if found is None:
+            found_name, found = name, ns
+        elif ns is not found:
+            raise TypeError(
+                f"`{name}` is a {_namespace_name(ns)} array but `{found_name}` is a "
+                f"{_namespace_name(found)} array; pass arrays of one namespace"
+            )
+    if xp is not None:
+        xp = array_api_compat.array_namespace(xp.asarray(0.0)) if hasattr(xp, "asarray") else xp
+        if found is not None and xp is not found:
+            raise TypeError(
+                f"`xp` is {_namespace_name(xp)} but `{found_name}` is a {_namespace_name(found)} array"
+            )
+        return xp
+    if found is None:
+        raise TypeError("no array argument to take the array namespace from")
+    return found
+
+
+def device(x: Any) -> Any:
+    """Device of an array (array-api-compat's portable accessor)."""
+    return array_api_compat.device(x)
+
+
+def same_device(*named: tuple[str, Any]) -> Any:
+    """Return the common device of the named arrays, or raise ``ValueError`` naming the culprit."""
+    found_name, found = None, None
+    for name, value in named:
+        if value is None:
+            continue
+        dev = device(value)
+        if found_name is None:
+            found_name, found = name, dev
+        elif dev != found:
+            raise ValueError(
+                f"`{name}` is on device {dev!r} but `{found_name}` is on device {found!r}; "
+                "move them to one device"
+            )
+    return found
+
+
+def is_numpy(xp: Any) -> bool:
+    return array_api_compat.is_numpy_namespace(xp)
+
+
+# --------------------------------------------------------------------------------------------
+# dtypes
+# --------------------------------------------------------------------------------------------
+def check_float(x: Any, name: str, xp: Any) -> None:
+    """Raise ``TypeError`` unless ``x`` has dtype float32 or float64."""
+    dt = x.dtype
+    if not any(dt == getattr(xp, f) for f in _FLOAT_NAMES):
+        raise TypeError(f"`{name}` must have dtype float32 or float64, got {dt}")
+
+
+def result_dtype(xp: Any, *arrays: Any) -> Any:
+    """Floating dtype of a computation over ``arrays``: the standard's type promotion."""
+    return xp.result_type(*[a.dtype for a in arrays if a is not None])
+
+
+def is_float32(xp: Any, dtype: Any) -> bool:
+    return dtype == xp.float32
+
+
+def core_dtype(xp: Any, dev: Any) -> Any:
+    """dtype for the small core factorizations: float64 wherever the device supports it.
+
+    The (r+n)-sized cores are upcast because it buys digits for float32 inputs at no
+    measurable cost; the tall factors stay in the input dtype (see lessons-from-peers).
+    """
+    try:
+        dtypes = xp.__array_namespace_info__().dtypes(device=dev)
+        if "float64" not in dtypes:
+            return xp.float32
+    except (AttributeError, TypeError, ValueError):  # namespaces without inspection API
+        pass
+    return xp.float64
+
+
+def eps(xp: Any, dtype: Any) -> float:
+    return float(xp.finfo(dtype).eps)
+
+
+def astype(x: Any, dtype: Any, xp: Any) -> Any:
+    """Cast without copying when the dtype already matches."""
+    if x.dtype == dtype:
+        return x
+    return xp.astype(x, dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------------------------
+def check_array(
+    x: Any,
+    name: str,
+    xp: Any,
+    *,
+    ndim: int | tuple[int, ...],
+    finite: bool = True,
+) -> None:
+    """Check dimensionality, floating dtype and (optionally) finiteness of an array argument."""
+    dims = (ndim,) if isinstance(ndim, int) else ndim
+    if x.ndim not in dims:
+        want = " or ".join(f"{d}-D" for d in dims)
+        raise ValueError(f"`{name}` must be {want}, got an array of shape {tuple(x.shape)}")
+    check_float(x, name, xp)
+    if finite:
+        check_finite(x, name, xp)
+
+
+def check_finite(x: Any, name: str, xp: Any) -> None:
+    if array_api_compat.size(x):
+        if not bool(xp.all(xp.isfinite(x))):
+            raise ValueError(f"`{name}` contains NaN or infinity")
+
+
+def check_int(
+    value: Any, name: str, *, minimum: int = 1, maximum: int | None = None, allow_none: bool = False
+) -> int | None:
+    """Validate an integer parameter (``bool`` is rejected)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        rng = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"`{name}` must be an integer {rng}, got {value}")
+    return value
+
+
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Validate a finite real scalar parameter within an interval."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if is_array(value) and getattr(value, "ndim", None) == 0:
+            value = float(value)
+        else:
+            raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value}")
+    bad = (
+        (low is not None and (value <= low if low_open else value < low))
+        or (high is not None and (value >= high if high_open else value > high))
+    )
+    if bad:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        interval = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+        raise ValueError(f"`{name}` must lie in {interval}, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# randomness
+# --------------------------------------------------------------------------------------------
+def as_generator(seed: Any) -> np.random.Generator:
+    """``None | int | numpy.random.Generator`` -> a NumPy Generator (never the global RNG)."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(
+            f"`seed` must be None, an int or a numpy.random.Generator, got {type(seed).__name__}"
+        )
+    if seed < 0:
+        raise ValueError(f"`seed` must be non-negative, got {seed}")
+    return np.random.default_rng(int(seed))
+
+
+def standard_normal(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, xp: Any, dev: Any) -> Any:
+    """Gaussian draw made on the host and moved to ``dev``.
+
+    Drawing with NumPy's generator makes one seed give the same numbers on every backend
+    (the way scikit-learn's ``randomized_range_finder`` does); the draw is made directly in
+    the target precision so float32 runs never hold a float64 copy of a tall matrix.
+    """
+    host_dtype = np.float32 if is_float32(xp, dtype) else np.float64
+    values = rng.standard_normal(shape, dtype=host_dtype)
+    return xp.asarray(values, device=dev)
+
+
+def choice(rng: np.random.Generator, n: int, k: int) -> list[int]:
+    """``k`` distinct indices out of ``range(n)``, sorted, drawn on the host."""
+    return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Host copy of an array of any namespace (for checkpoints and reports, never the hot path)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError, RuntimeError):
+        # array-api-strict arrays on a non-default device refuse __array__: go via the buffer
+        # of the default device.
+        xp = array_api_compat.array_namespace(x)
+        return np.asarray(xp.asarray(x, device=xp.__array_namespace_info__().default_device()))
