@@ -259,3 +259,49 @@ def to_numpy(x: Any) -> np.ndarray:
         # of the default device.
         xp = array_api_compat.array_namespace(x)
         return np.asarray(xp.asarray(x, device=xp.__array_namespace_info__().default_device()))
+
+
+# --------------------------------------------------------------------------------------------
+# tall arrays and small cores
+# --------------------------------------------------------------------------------------------
+class Backend:
+    """Where a computation's tall arrays and its small cores live.
+
+    The algorithms split their work into *tall* arrays (d x k, in the caller's namespace,
+    device and dtype, never gathered or upcast) and small *cores* ((r+n)-sized matrices that
+    are factorized). ``to_core`` turns the small result of a tall product into a core array
+    (float64 where the device has it); ``from_core`` turns a core array into an operand for
+    tall products, or an output, in the caller's namespace and dtype. For in-memory
+    namespaces both are dtype casts; a distributed namespace overrides them to compute the
+    small arrays locally and broadcast them back.
+    """
+
+    def __init__(self, xp: Any, dev: Any, dtype: Any) -> None:
+        self.xp = xp
+        self.device = dev
+        self.dtype = dtype
+        self.cxp = xp
+        self.cdtype = core_dtype(xp, dev)
+        self.eps = eps(xp, dtype)
+
+    @classmethod
+    def of(cls, x: Any, xp: Any) -> Backend:
+        return cls(xp, device(x), x.dtype)
+
+    def to_core(self, x: Any) -> Any:
+        return astype(x, self.cdtype, self.xp)
+
+    def from_core(self, x: Any) -> Any:
+        return astype(x, self.dtype, self.xp)
+
+    def zeros(self, shape: tuple[int, ...]) -> Any:
+        """Core zeros."""
+        return self.cxp.zeros(shape, dtype=self.cdtype, device=self.device)
+
+    def eye(self, k: int) -> Any:
+        """Core identity."""
+        return self.cxp.eye(k, dtype=self.cdtype, device=self.device)
+
+    def count(self, mask: Any) -> int:
+        """Number of true entries of a core boolean vector."""
+        return int(self.cxp.sum(astype(mask, self.cxp.int32, self.cxp)))

@@ -54,8 +54,7 @@ def symmetrize(M: Any) -> Any:
 
 def diag(v: Any, xp: Any) -> Any:
     """Square diagonal matrix with diagonal ``v`` (the standard has no ``diag`` constructor)."""
-    m = v.shape[0]
-    return xp.eye(m, dtype=v.dtype, device=_array.device(v)) * v[None, :]
+    return xp.eye(v.shape[0], dtype=v.dtype, device=_array.device(v)) * v[None, :]
 
 
 def small_eigh(M: Any, xp: Any) -> tuple[Any, Any]:
@@ -134,7 +133,7 @@ def flip_signs(V: Any, xp: Any) -> tuple[Any, Any]:
     return V, signs
 
 
-def orthonormalize(Y: Any, xp: Any, *, passes: int = 2) -> Any:
+def orthonormalize(Y: Any, be: _array.Backend, *, passes: int = 2) -> Any:
     """Orthonormal basis of the range of a tall ``Y`` (d x k, k <= d).
 
     CholeskyQR with the Gram matrix diagonalised instead of Cholesky-factorised (so its
@@ -143,22 +142,19 @@ def orthonormalize(Y: Any, xp: Any, *, passes: int = 2) -> Any:
     When ``Y`` is too ill-conditioned for the Gram matrix (cond > (1e3 eps)^-1/2) it falls
     back to Householder QR, which returns an orthonormal basis in every case.
     """
-    dt = Y.dtype
-    cd = _array.core_dtype(xp, _array.device(Y))
-    floor = CHOLQR2_FLOOR * _array.eps(xp, dt)
+    floor = CHOLQR2_FLOOR * be.eps
     P = Y
     for _ in range(passes):
-        G = _array.astype(P.T @ P, cd, xp)
         try:
-            mu, V = small_eigh(G, xp)
+            mu, V = small_eigh(be.to_core(P.T @ P), be.cxp)
         except DecompositionError:
             break
         if not float(mu[-1]) > float(mu[0]) * floor:
             break
-        P = P @ _array.astype(V / xp.sqrt(mu)[None, :], dt, xp)
+        P = P @ be.from_core(V / be.cxp.sqrt(mu)[None, :])
     else:
         return P
-    return xp.linalg.qr(Y).Q
+    return be.xp.linalg.qr(Y).Q
 
 
 class Complement(NamedTuple):
@@ -174,7 +170,7 @@ class Complement(NamedTuple):
     zp: Any  # (r + m, k), core dtype
 
 
-def complement(Q: Any, A: Any, xp: Any) -> Complement:
+def complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
     """Orthogonal complement of the block ``A`` (d x n) against the orthonormal ``Q`` (d x r).
 
     Block classical Gram-Schmidt with selective re-orthogonalisation ("twice is enough",
@@ -194,113 +190,103 @@ def complement(Q: Any, A: Any, xp: Any) -> Complement:
     reliably orthogonal to Q. Exact to rounding: ``A - Q coef_q - P coef_p`` is of order
     ``eps * |A|``.
     """
-    d, r = Q.shape
-    dt = A.dtype
-    dev = _array.device(A)
-    cd = _array.core_dtype(xp, dev)
-    e = _array.eps(xp, dt)
-    floor = CHOLQR2_FLOOR * e
+    xp, cxp = be.xp, be.cxp
+    r = Q.shape[1]
+    floor = CHOLQR2_FLOOR * be.eps
 
     C1 = Q.T @ A
-    W = A - Q @ C1
-    C = _array.astype(C1, cd, xp)
+    # W = A - Q C1, negating the small factor so the tall product is the only temporary.
+    W = Q @ (-C1)
+    W += A
+    C = be.to_core(C1)
     R_prev = None  # A = Q C + W R_prev, R_prev the identity until W has been normalised
     noise2 = None
     for attempt in range(4):
-        G = _array.astype(W.T @ W, cd, xp)
-        if not _finite(xp, G):
+        G = be.to_core(W.T @ W)
+        if not _finite(cxp, G):
             raise FloatingPointError("non-finite values in the Gram matrix of the complement")
         if R_prev is None:
             if noise2 is None:
-                scale2 = float(xp.sum(C * C)) + float(xp.linalg.trace(G))  # |A|_F^2
-                noise2 = (NOISE_FACTOR * (r + 1) ** 0.5 * e) ** 2 * scale2
-            if float(xp.linalg.trace(G)) <= noise2:  # A lies in span(Q) up to rounding
-                return _empty_complement(Q, C, xp)
+                scale2 = float(cxp.sum(C * C)) + float(cxp.linalg.trace(G))  # |A|_F^2
+                noise2 = (NOISE_FACTOR * (r + 1) ** 0.5 * be.eps) ** 2 * scale2
+            if float(cxp.linalg.trace(G)) <= noise2:  # A lies in span(Q) up to rounding
+                return _empty_complement(Q, C, be)
         # Re-project where the first projection removed more than half of a column's norm
         # (DGKS criterion, eta = 1/sqrt(2)): |W_j| < |A_j|/sqrt(2) <=> |W_j|^2 < |C_j|^2, both
         # known without another pass over the tall data.
-        if attempt > 0 or bool(xp.any(xp.linalg.diagonal(G) < xp.sum(C * C, axis=0))):
-            C2 = _array.astype(Q.T @ W, cd, xp)
+        if attempt > 0 or bool(cxp.any(cxp.linalg.diagonal(G) < cxp.sum(C * C, axis=0))):
+            C2 = be.to_core(Q.T @ W)
             C = C + (C2 if R_prev is None else C2 @ R_prev)
-            if float(xp.sum(C2 * C2)) > float(xp.linalg.trace(G)) / 2:
-                W = W - Q @ _array.astype(C2, dt, xp)
+            if float(cxp.sum(C2 * C2)) > float(cxp.linalg.trace(G)) / 2:
+                W = W - Q @ be.from_core(C2)
                 continue
             G = G - C2.T @ C2
         else:
-            C2 = xp.zeros((r, W.shape[1]), dtype=cd, device=dev)
-        mu, V = small_eigh(G, xp)
-        keep = int(xp.sum(_array.astype(mu > (noise2 if R_prev is None else 0.0), xp.int32, xp)))
+            C2 = be.zeros((r, W.shape[1]))
+        mu, V = small_eigh(G, cxp)
+        keep = be.count(mu > (noise2 if R_prev is None else 0.0))
         if keep == 0:
-            return _empty_complement(Q, C, xp)
+            return _empty_complement(Q, C, be)
         mu, V = mu[:keep], V[:, :keep]
         mu_max, mu_min = float(mu[0]), float(mu[-1])
         well = mu_min >= mu_max / KAPPA_FAST**2
         if well or (R_prev is None and mu_min > mu_max * floor):
-            s = xp.sqrt(mu)
+            s = cxp.sqrt(mu)
             T = V / s[None, :]
-            zp = xp.concat([-(C2 @ T), T], axis=0)
+            zp = cxp.concat([-(C2 @ T), T], axis=0)
             R = s[:, None] * V.T
             R = R if R_prev is None else R @ R_prev
             tall = xp.concat([Q, W], axis=1)
             if well:
                 return Complement(C, R, tall, zp)
             # CholeskyQR2: make the normalised residual explicit and orthogonalise it again.
-            W = tall @ _array.astype(zp, dt, xp)
+            W = tall @ be.from_core(zp)
             R_prev = R
             continue
         break
-    return _rank_revealing_complement(Q, A, xp)
+    return _rank_revealing_complement(Q, A, be)
 
 
-def _empty_complement(Q: Any, C: Any, xp: Any) -> Complement:
-    cd, dev = C.dtype, _array.device(C)
-    return Complement(C, xp.zeros((0, C.shape[1]), dtype=cd, device=dev), Q, xp.zeros((Q.shape[1], 0), dtype=cd, device=dev))
+def _empty_complement(Q: Any, C: Any, be: _array.Backend) -> Complement:
+    return Complement(C, be.zeros((0, C.shape[1])), Q, be.zeros((Q.shape[1], 0)))
 
 
-def _rank_revealing_complement(Q: Any, A: Any, xp: Any) -> Complement:
+def _rank_revealing_complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
     """Slow, always-correct path of :func:`complement` (thin SVD of the residual)."""
-    d, r = Q.shape
-    dt = A.dtype
-    dev = _array.device(A)
-    cd = _array.core_dtype(xp, dev)
-    e = _array.eps(xp, dt)
+    xp, cxp = be.xp, be.cxp
+    r = Q.shape[1]
 
     C1 = Q.T @ A
     W = A - Q @ C1
     C2 = Q.T @ W
     W = W - Q @ C2
-    C = _array.astype(C1, cd, xp) + _array.astype(C2, cd, xp)
+    C = be.to_core(C1) + be.to_core(C2)
     U, s, _ = xp.linalg.svd(W, full_matrices=False)
     if not _finite(xp, U, s):
         raise FloatingPointError("non-finite values in the SVD of the complement")
-    s_cd = _array.astype(s, cd, xp)
-    scale = float(xp.sqrt(xp.sum(C * C) + xp.sum(s_cd * s_cd)))
-    threshold = NOISE_FACTOR * (r + 1) ** 0.5 * e * scale
-    k0 = int(xp.sum(_array.astype(s_cd > threshold, xp.int32, xp)))
-    U = U[:, :k0]
+    s_core = be.to_core(s)
+    scale = float(cxp.sqrt(cxp.sum(C * C) + cxp.sum(s_core * s_core)))
+    threshold = NOISE_FACTOR * (r + 1) ** 0.5 * be.eps * scale
+    U = U[:, : be.count(s_core > threshold)]
     # The kept directions may still lean slightly into span(Q): project once more and keep
     # those that survive with most of their norm (Kahan-Parlett criterion).
     U = U - Q @ (Q.T @ U)
-    mu, V = small_eigh(_array.astype(U.T @ U, cd, xp), xp)
-    k = int(xp.sum(_array.astype(mu > 0.5, xp.int32, xp)))
-    P = U @ _array.astype(V[:, :k] / xp.sqrt(mu[:k])[None, :], dt, xp)
-    R = _array.astype(P.T @ W, cd, xp)
-    zp = xp.concat(
-        [xp.zeros((r, k), dtype=cd, device=dev), xp.eye(k, dtype=cd, device=dev)], axis=0
-    )
+    mu, V = small_eigh(be.to_core(U.T @ U), cxp)
+    k = be.count(mu > 0.5)
+    P = U @ be.from_core(V[:, :k] / cxp.sqrt(mu[:k])[None, :])
+    R = be.to_core(P.T @ W)
+    zp = cxp.concat([be.zeros((r, k)), be.eye(k)], axis=0)
     return Complement(C, R, xp.concat([Q, P], axis=1), zp)
 
 
-def tall_svd(F: Any, xp: Any) -> tuple[Any, Any, Any]:
+def tall_svd(F: Any, be: _array.Backend) -> tuple[Any, Any, Any]:
     """Thin SVD of a tall ``F`` (d x k, k <= d): orthonormalise, then the SVD of ``P^T F``.
 
     ``F = P (P^T F)`` holds to rounding for the orthonormal P of :func:`orthonormalize`
     (CholeskyQR2, or Householder when F is too ill-conditioned), so the small SVD gives
     the singular values to an absolute ``eps |F|``, like LAPACK's SVD of F, in ~12 dk^2
-    flops at GEMM speed.
+    flops at GEMM speed. Returns ``(U, s, Vh)`` with ``U`` tall and ``s``, ``Vh`` as cores.
     """
-    dt = F.dtype
-    cd = _array.core_dtype(xp, _array.device(F))
-    P = orthonormalize(F, xp)
-    Ur, s, Vh = small_svd(_array.astype(P.T @ F, cd, xp), xp)
-    return P @ _array.astype(Ur, dt, xp), _array.astype(s, dt, xp), _array.astype(Vh, dt, xp)
+    P = orthonormalize(F, be)
+    Ur, s, Vh = small_svd(be.to_core(P.T @ F), be.cxp)
+    return P @ be.from_core(Ur), s, Vh

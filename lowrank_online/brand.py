@@ -22,13 +22,12 @@ def _as_block(A: Any, name: str, xp: Any, check_finite: bool) -> Any:
     return A[:, None] if A.ndim == 1 else A
 
 
-def _nonnegative(values: Any, name: str, xp: Any, cd: Any) -> Any:
+def _nonnegative(values: Any, name: str, xp: Any) -> Any:
     """Clip rounding-level negatives of a spectrum; reject genuinely negative values."""
     if values.shape[0] == 0:
         return values
-    v = _array.astype(values, cd, xp)
-    top = float(xp.max(xp.abs(v)))
-    low = float(xp.min(v))
+    top = float(xp.max(xp.abs(values)))
+    low = float(xp.min(values))
     if low < -1e3 * _array.eps(xp, values.dtype) * top:
         raise ValueError(f"`{name}` must be non-negative (a PSD representation), got minimum {low:.3g}")
     return xp.clip(values, min=0.0) if low < 0 else values
@@ -160,8 +159,7 @@ def eigh_update(
     weight = _array.check_real(weight, "weight", low=0.0)
     rank = _check_rank(rank)
     dt = _array.result_dtype(xp, eigenvalues, eigenvectors, A)
-    cd = _array.core_dtype(xp, _array.device(A))
-    L = _nonnegative(_array.astype(eigenvalues, dt, xp), "eigenvalues", xp, cd)
+    L = _nonnegative(_array.astype(eigenvalues, dt, xp), "eigenvalues", xp)
     return _eigh_update(
         L, _array.astype(eigenvectors, dt, xp), _array.astype(A, dt, xp), decay, weight, rank, xp
     )
@@ -197,26 +195,24 @@ def _sorted_spectrum(L: Any, Q: Any, rank: int | None, xp: Any) -> EighResult:
 def _eigh_update_impl(
     L: Any, Q: Any, A: Any, decay: float, weight: float, rank: int | None, xp: Any
 ) -> EighResult:
-    dt = Q.dtype
-    dev = _array.device(Q)
-    cd = _array.core_dtype(xp, dev)
+    be = _array.Backend.of(Q, xp)
+    cxp = be.cxp
     r = Q.shape[1]
     if A.shape[1] == 0 or weight == 0.0:
         return _sorted_spectrum(L * decay, Q, rank, xp)
 
-    comp = _linalg.complement(Q, A, xp)
+    comp = _linalg.complement(Q, A, be)
     k = comp.coef_p.shape[0]
-    K = xp.concat([comp.coef_q, comp.coef_p], axis=0)
-    held = xp.concat([_array.astype(L, cd, xp) * decay, xp.zeros((k,), dtype=cd, device=dev)])
-    core = weight * (K @ K.T) + _linalg.diag(held, xp)
-    lam, U = _linalg.small_eigh(core, xp)
+    K = cxp.concat([comp.coef_q, comp.coef_p], axis=0)
+    held = cxp.concat([be.to_core(L) * decay, be.zeros((k,))])
+    lam, U = _linalg.small_eigh(weight * (K @ K.T) + _linalg.diag(held, cxp), cxp)
 
     m = lam.shape[0] if rank is None else min(rank, lam.shape[0])
-    lam, U = xp.clip(lam[:m], min=0.0), U[:, :m]
+    lam, U = cxp.clip(lam[:m], min=0.0), U[:, :m]
     top, bottom = U[:r, :], U[r:, :]
-    Z = xp.concat([top + comp.zp[:r, :] @ bottom, comp.zp[r:, :] @ bottom], axis=0)
-    V, _ = _linalg.flip_signs(comp.tall @ _array.astype(Z, dt, xp), xp)
-    lam = _array.astype(lam, dt, xp)
+    Z = cxp.concat([top + comp.zp[:r, :] @ bottom, comp.zp[r:, :] @ bottom], axis=0)
+    V, _ = _linalg.flip_signs(comp.tall @ be.from_core(Z), xp)
+    lam = be.from_core(lam)
     if not bool(xp.all(xp.isfinite(lam))):
         raise FloatingPointError("updated eigenvalues overflow")
     return EighResult(lam, V)
@@ -318,8 +314,7 @@ def svd_update(
         raise ValueError(f"`A` has {A.shape[1]} columns but `B` has {B.shape[1]}; they must match")
     rank = _check_rank(rank)
     dt = _array.result_dtype(xp, U, S, Vh, A, B)
-    cd = _array.core_dtype(xp, _array.device(U))
-    S = _nonnegative(_array.astype(S, dt, xp), "S", xp, cd)
+    S = _nonnegative(_array.astype(S, dt, xp), "S", xp)
     args = [_array.astype(x, dt, xp) for x in (U, S, Vh, A, B)]
     try:
         return _svd_update_impl(*args, rank, xp)
@@ -337,31 +332,30 @@ def svd_update(
 
 
 def _svd_update_impl(U: Any, S: Any, Vh: Any, A: Any, B: Any, rank: int | None, xp: Any) -> SVDResult:
-    dt = U.dtype
-    dev = _array.device(U)
-    cd = _array.core_dtype(xp, dev)
+    be = _array.Backend.of(U, xp)
+    cxp = be.cxp
     r = U.shape[1]
-    ca = _linalg.complement(U, A, xp)
-    cb = _linalg.complement(Vh.T, B, xp)
+    ca = _linalg.complement(U, A, be)
+    cb = _linalg.complement(Vh.T, B, be)
     ka, kb = ca.coef_p.shape[0], cb.coef_p.shape[0]
-    Ka = xp.concat([ca.coef_q, ca.coef_p], axis=0)
-    Kb = xp.concat([cb.coef_q, cb.coef_p], axis=0)
-    held = xp.concat(
+    Ka = cxp.concat([ca.coef_q, ca.coef_p], axis=0)
+    Kb = cxp.concat([cb.coef_q, cb.coef_p], axis=0)
+    held = cxp.concat(
         [
-            xp.concat([_linalg.diag(_array.astype(S, cd, xp), xp), xp.zeros((r, kb), dtype=cd, device=dev)], axis=1),
-            xp.zeros((ka, r + kb), dtype=cd, device=dev),
+            cxp.concat([_linalg.diag(be.to_core(S), cxp), be.zeros((r, kb))], axis=1),
+            be.zeros((ka, r + kb)),
         ],
         axis=0,
     )
-    Um, s, Vmh = _linalg.small_svd(held + Ka @ Kb.T, xp)
+    Um, s, Vmh = _linalg.small_svd(held + Ka @ Kb.T, cxp)
 
     p = s.shape[0] if rank is None else min(rank, s.shape[0])
     Um, s, Vm = Um[:, :p], s[:p], Vmh[:p, :].T
-    Za = xp.concat([Um[:r, :] + ca.zp[:r, :] @ Um[r:, :], ca.zp[r:, :] @ Um[r:, :]], axis=0)
-    Zb = xp.concat([Vm[:r, :] + cb.zp[:r, :] @ Vm[r:, :], cb.zp[r:, :] @ Vm[r:, :]], axis=0)
-    U_new, signs = _linalg.flip_signs(ca.tall @ _array.astype(Za, dt, xp), xp)
-    Vh_new = (_array.astype(Zb.T, dt, xp) @ cb.tall.T) * signs[:, None]
-    s = _array.astype(s, dt, xp)
+    Za = cxp.concat([Um[:r, :] + ca.zp[:r, :] @ Um[r:, :], ca.zp[r:, :] @ Um[r:, :]], axis=0)
+    Zb = cxp.concat([Vm[:r, :] + cb.zp[:r, :] @ Vm[r:, :], cb.zp[r:, :] @ Vm[r:, :]], axis=0)
+    U_new, signs = _linalg.flip_signs(ca.tall @ be.from_core(Za), xp)
+    Vh_new = (be.from_core(Zb.T) @ cb.tall.T) * signs[:, None]
+    s = be.from_core(s)
     if not bool(xp.all(xp.isfinite(s))):
         raise FloatingPointError("updated singular values overflow")
     return SVDResult(U_new, s, Vh_new)

@@ -58,19 +58,18 @@ def _restore_orthonormality(L: Any, Q: Any, xp: Any) -> EighResult:
     is diagonalised again. Cost ``4 d m^2`` flops; a no-op when Q is orthonormal to
     ``100 eps``.
     """
-    dt = Q.dtype
-    cd = _array.core_dtype(xp, _array.device(Q))
+    be = _array.Backend.of(Q, xp)
+    cxp = be.cxp
     m = Q.shape[1]
-    G = _array.astype(Q.T @ Q, cd, xp)
-    eye = xp.eye(m, dtype=cd, device=_array.device(Q))
-    if m == 0 or float(xp.max(xp.abs(G - eye))) <= 100 * _array.eps(xp, dt):
+    G = be.to_core(Q.T @ Q)
+    if m == 0 or float(cxp.max(cxp.abs(G - be.eye(m)))) <= 100 * be.eps:
         return EighResult(L, Q)
-    mu, V = _linalg.small_eigh(G, xp)
-    root = xp.sqrt(mu)
+    mu, V = _linalg.small_eigh(G, cxp)
+    root = cxp.sqrt(mu)
     half = (V * root[None, :]) @ V.T
-    lam, U = _linalg.small_eigh(half @ _linalg.diag(_array.astype(L, cd, xp), xp) @ half, xp)
-    Q_new, _ = _linalg.flip_signs(Q @ _array.astype((V / root[None, :]) @ V.T @ U, dt, xp), xp)
-    return EighResult(_array.astype(xp.clip(lam, min=0.0), dt, xp), Q_new)
+    lam, U = _linalg.small_eigh(half @ _linalg.diag(be.to_core(L), cxp) @ half, cxp)
+    Q_new, _ = _linalg.flip_signs(Q @ be.from_core((V / root[None, :]) @ V.T @ U), xp)
+    return EighResult(be.from_core(cxp.clip(lam, min=0.0)), Q_new)
 
 
 def _correct(state: EMAState, X: Any, idx: list[int], xp: Any) -> EMAState:
@@ -80,16 +79,14 @@ def _correct(state: EMAState, X: Any, idx: list[int], xp: Any) -> EMAState:
     ``X`` is an operand (array or operator) with ``matmat``.
     """
     L, Q = state.eigenvalues, state.eigenvectors
-    dt = Q.dtype
-    cd = _array.core_dtype(xp, _array.device(Q))
+    be = _array.Backend.of(Q, xp)
     m = Q.shape[1]
-    chosen = xp.asarray(idx, dtype=xp.int64, device=_array.device(Q))
-    rest = xp.asarray([i for i in range(m) if i not in set(idx)], dtype=xp.int64, device=_array.device(Q))
+    chosen = xp.asarray(idx, dtype=xp.int64, device=be.device)
+    rest = xp.asarray([i for i in range(m) if i not in set(idx)], dtype=xp.int64, device=be.device)
     Qc = xp.take(Q, chosen, axis=1)
-    Ms = _array.astype(Qc.T @ X.matmat(Qc), cd, xp)
-    lam, U = _linalg.small_eigh(Ms, xp)
-    Qc = Qc @ _array.astype(U, dt, xp)
-    L_all = xp.concat([xp.take(L, rest, axis=0), _array.astype(xp.clip(lam, min=0.0), dt, xp)])
+    lam, U = _linalg.small_eigh(be.to_core(Qc.T @ X.matmat(Qc)), be.cxp)
+    Qc = Qc @ be.from_core(U)
+    L_all = xp.concat([xp.take(L, rest, axis=0), be.from_core(be.cxp.clip(lam, min=0.0))])
     Q_all = xp.concat([xp.take(Q, rest, axis=1), Qc], axis=1)
     order = xp.argsort(L_all, descending=True, stable=True)
     Q_new, _ = _linalg.flip_signs(xp.take(Q_all, order, axis=1), xp)

@@ -103,19 +103,22 @@ def rsvd(
     k = min(rank + oversample, m, n)
     if k >= _DENSE_FRACTION * min(m, n):
         U, s, Vh = xq.linalg.svd(op.dense(), full_matrices=False)
-        return _flip_svd(U[:, :rank], s[:rank], Vh[:rank, :], xq)
+        return _flip_svd(U[:, :rank] * 1.0, s[:rank], Vh[:rank, :], xq)
+    be = _array.Backend(xq, op.device, op.dtype)
     omega = _array.standard_normal(rng, (n, k), op.dtype, xq, op.device)
-    Q = _linalg.orthonormalize(op.matmat(omega), xq, passes=1 if n_iter else 2)
+    Q = _linalg.orthonormalize(op.matmat(omega), be, passes=1 if n_iter else 2)
     for i in range(n_iter):
-        Z = _linalg.orthonormalize(op.rmatmat(Q), xq, passes=1)
-        Q = _linalg.orthonormalize(op.matmat(Z), xq, passes=2 if i == n_iter - 1 else 1)
+        Z = _linalg.orthonormalize(op.rmatmat(Q), be, passes=1)
+        Q = _linalg.orthonormalize(op.matmat(Z), be, passes=2 if i == n_iter - 1 else 1)
     # B = Q^T X is k x n; its transpose is tall, so factor that: B^T = Ub s Vbh.
-    Ub, s, Vbh = _linalg.tall_svd(op.rmatmat(Q), xq)
-    return _flip_svd((Q @ Vbh.T)[:, :rank], s[:rank], Ub.T[:rank, :], xq)
+    Ub, s, Vbh = _linalg.tall_svd(op.rmatmat(Q), be)
+    U = Q @ be.from_core(Vbh.T[:, :rank])
+    return _flip_svd(U, be.from_core(s[:rank]), Ub.T[:rank, :], xq)
 
 
 def _flip_svd(U: Any, s: Any, Vh: Any, xp: Any) -> SVDResult:
-    U, signs = _linalg.flip_signs(U * 1.0, xp)
+    """Sign convention on U (a fresh array), mirrored on Vh."""
+    U, signs = _linalg.flip_signs(U, xp)
     return SVDResult(U, s, Vh * signs[:, None])
 
 
@@ -205,35 +208,35 @@ def reigh(
 def _nystrom(op: Any, rank: int, k: int, n_iter: int, rng: Any) -> EighResult:
     xp = op.xp
     d = op.shape[0]
-    dt = op.dtype
-    cd = _array.core_dtype(xp, op.device)
-    omega = _array.standard_normal(rng, (d, k), dt, xp, op.device)
+    be = _array.Backend(xp, op.device, op.dtype)
+    cxp = be.cxp
+    omega = _array.standard_normal(rng, (d, k), op.dtype, xp, op.device)
     for i in range(n_iter):
-        omega = _linalg.orthonormalize(op.matmat(omega), xp, passes=2 if i == n_iter - 1 else 1)
+        omega = _linalg.orthonormalize(op.matmat(omega), be, passes=2 if i == n_iter - 1 else 1)
     if n_iter == 0:
-        omega = _linalg.orthonormalize(omega, xp, passes=2)
+        omega = _linalg.orthonormalize(omega, be, passes=2)
     Y = op.matmat(omega)
-    nu = (d**0.5) * _array.eps(xp, dt) * float(xp.linalg.vector_norm(Y))
+    nu = (d**0.5) * be.eps * float(xp.linalg.vector_norm(Y))
     Y = Y + nu * omega
-    beta, V = _linalg.small_eigh(_array.astype(omega.T @ Y, cd, xp), xp)
-    keep = int(xp.sum(_array.astype(beta > 0.0, xp.int32, xp)))
-    F = Y @ _array.astype(V[:, :keep] / xp.sqrt(beta[:keep])[None, :], dt, xp)
-    U, s, _ = _linalg.tall_svd(F, xp)
+    beta, V = _linalg.small_eigh(be.to_core(omega.T @ Y), cxp)
+    keep = be.count(beta > 0.0)
+    F = Y @ be.from_core(V[:, :keep] / cxp.sqrt(beta[:keep])[None, :])
+    U, s, _ = _linalg.tall_svd(F, be)
     s = s[: min(rank, s.shape[0])]
-    lam = xp.clip(s * s - nu, min=0.0)
+    lam = be.from_core(cxp.clip(s * s - nu, min=0.0))
     if lam.shape[0] < rank:  # X has fewer than `rank` numerically non-zero directions
-        lam = xp.concat([lam, xp.zeros((rank - lam.shape[0],), dtype=dt, device=op.device)])
-        U = xp.concat([U, _complete_basis(U, rank - U.shape[1], xp, rng)], axis=1)
+        lam = xp.concat([lam, xp.zeros((rank - lam.shape[0],), dtype=op.dtype, device=op.device)])
+        U = xp.concat([U, _complete_basis(U, rank - U.shape[1], be, rng)], axis=1)
     V, _ = _linalg.flip_signs(U[:, :rank] * 1.0, xp)
     return EighResult(lam, V)
 
 
-def _complete_basis(U: Any, extra: int, xp: Any, rng: Any) -> Any:
+def _complete_basis(U: Any, extra: int, be: _array.Backend, rng: Any) -> Any:
     """``extra`` orthonormal columns orthogonal to the orthonormal ``U`` (zero-eigenvalue slots)."""
-    G = _array.standard_normal(rng, (U.shape[0], extra), U.dtype, xp, _array.device(U))
+    G = _array.standard_normal(rng, (U.shape[0], extra), U.dtype, be.xp, be.device)
     for _ in range(2):
         G = G - U @ (U.T @ G)
-    return _linalg.orthonormalize(G, xp)
+    return _linalg.orthonormalize(G, be)
 
 
 def _check_symmetric(X: Any, xp: Any) -> None:

@@ -89,8 +89,7 @@ def damped_solve(
         )
     damping = _array.check_real(damping, "damping", low=0.0, low_open=True)
     dt = _array.result_dtype(xp, eigenvalues, eigenvectors, X)
-    cd = _array.core_dtype(xp, _array.device(X))
-    L = _nonnegative(_array.astype(eigenvalues, dt, xp), "eigenvalues", xp, cd)
+    L = _nonnegative(_array.astype(eigenvalues, dt, xp), "eigenvalues", xp)
     return _damped_solve(L, _array.astype(eigenvectors, dt, xp), _array.astype(X, dt, xp), damping, continuation, xp)
 
 

@@ -1,0 +1,48 @@
+"""Shared problem builders and measurement helpers for the asv suite."""
+
+import math
+import time
+
+import numpy as np
+
+# The paper's sizes (001, Sec. 6): target rank 220, batch 256.
+RANK, BATCH = 220, 256
+
+
+def b_update_problem(d, r=RANK, n=BATCH, dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((d, r)))
+    L = np.sort(rng.gamma(2.0, size=r))[::-1].copy()
+    A = rng.standard_normal((d, n)) / math.sqrt(n)
+    return L.astype(dtype), Q.astype(dtype), A.astype(dtype)
+
+
+def psd_matrix(d, k=RANK + BATCH, dtype=np.float64, seed=0):
+    """An exponentially-averaged-looking PSD matrix: decaying spectrum plus a small floor."""
+    rng = np.random.default_rng(seed)
+    B = rng.standard_normal((d, k)) * (0.98 ** np.arange(k))
+    return (B @ B.T / k + 1e-4 * np.eye(d)).astype(dtype)
+
+
+def best_time(fn, repeat=3):
+    fn()
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+_GEMM = {}
+
+
+def gemm_rate(dtype=np.float64, n=2048):
+    """The machine's measured GEMM rate (flop/s), cached per process."""
+    key = np.dtype(dtype).name
+    if key not in _GEMM:
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((n, n)).astype(dtype)
+        b = rng.standard_normal((n, n)).astype(dtype)
+        _GEMM[key] = 2.0 * n**3 / best_time(lambda: a @ b, 5)
+    return _GEMM[key]

@@ -1,0 +1,146 @@
+"""Ratio table for the B-update against the peers a user would otherwise pick.
+
+Run ``python -m lowrank_online.bench`` (a few minutes on 2 cores; ``--quick`` for a smoke run).
+It prints, from one run on one machine:
+
+* the machine's float64 GEMM rate (square 4096 GEMM, best of several);
+* time of ``eigh_update`` (r = 220, n = 256, the paper's sizes) against ``numpy.linalg.eigh``
+  of the explicit d x d average and against scikit-learn's ``randomized_svd`` of it at the
+  tracked rank, at d = 4096 and 8192, with the ratios;
+* the fraction of the GEMM rate ``eigh_update`` reaches under the flop model
+  ``4drn + 4dn^2 + 2d(r+n)^2``;
+* the fitted exponent p of time ~ d^p for every method.
+
+The asv suite in ``asv_benchmarks/`` tracks the same functions over time; this script is the
+one-shot comparison for the docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .brand import eigh_update
+
+
+def best_time(fn: Callable[[], object], repeat: int, budget: float = 20.0) -> float:
+    """Best wall time of ``repeat`` calls after one warm-up (fewer if over ``budget`` seconds)."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    best = first
+    for _ in range(repeat - 1):
+        if time.perf_counter() - start > budget:
+            break
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def gemm_rate(n: int = 4096, repeat: int = 5) -> float:
+    """Measured float64 GEMM rate in flop/s (square n x n product)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n)), rng.standard_normal((n, n))
+    return 2.0 * n**3 / best_time(lambda: a @ b, repeat)
+
+
+def fitted_exponent(ds: list[int], ts: list[float]) -> float:
+    """Least-squares slope of log t against log d."""
+    x, y = np.log(np.asarray(ds, float)), np.log(np.asarray(ts, float))
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def b_update_flops(d: int, r: int, n: int) -> float:
+    """The issue's flop model of one B-update."""
+    return 4.0 * d * r * n + 4.0 * d * n * n + 2.0 * d * (r + n) ** 2
+
+
+def _problem(d: int, r: int, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((d, r)))
+    L = np.sort(rng.gamma(2.0, size=r))[::-1].copy()
+    A = rng.standard_normal((d, n)) / math.sqrt(n)
+    return L, Q, A
+
+
+def _dense(L, Q, A, rho):
+    return rho * (Q * L) @ Q.T + (1 - rho) * A @ A.T
+
+
+def run(quick: bool = False) -> dict:
+    r, n, rho = (20, 16, 0.95) if quick else (220, 256, 0.95)
+    update_ds = [256, 512, 1024] if quick else [2048, 4096, 8192, 16384]
+    eigh_ds = [128, 256, 512] if quick else [1024, 2048, 4096, 8192]
+    rsvd_ds = [256, 512] if quick else [2048, 4096, 8192]
+    table_ds = [256, 512] if quick else [4096, 8192]
+    repeat = 3 if quick else 7
+
+    rate = gemm_rate(512 if quick else 4096)
+    out: dict = {"gemm_rate": rate, "r": r, "n": n, "update": {}, "eigh": {}, "rsvd": {}}
+    for d in update_ds:
+        L, Q, A = _problem(d, r, n)
+        out["update"][d] = best_time(lambda: eigh_update(L, Q, A, decay=rho, weight=1 - rho), repeat)
+    for d in eigh_ds:
+        L, Q, A = _problem(d, r, n)
+        X = _dense(L, Q, A, rho)
+        out["eigh"][d] = best_time(lambda: np.linalg.eigh(X), 3 if d <= 4096 else 1, budget=60.0)
+    try:
+        from sklearn.utils.extmath import randomized_svd
+    except ImportError:  # optional peer
+        randomized_svd = None
+    if randomized_svd is not None:
+        for d in rsvd_ds:
+            L, Q, A = _problem(d, r, n)
+            X = _dense(L, Q, A, rho)
+            out["rsvd"][d] = best_time(lambda: randomized_svd(X, r, random_state=0), 3, budget=60.0)
+    out["table_ds"] = table_ds
+    return out
+
+
+def report(res: dict) -> str:
+    r, n, rate = res["r"], res["n"], res["gemm_rate"]
+    lines = [
+        f"machine float64 GEMM rate: {rate / 1e9:.1f} GFLOP/s (square GEMM, best of several)",
+        f"eigh_update: r = {r}, n = {n}, decay 0.95; peers on the explicit d x d average",
+        "",
+        f"{'d':>6} {'eigh_update':>12} {'numpy eigh':>11} {'sklearn rsvd':>13} {'x eigh':>8} {'x rsvd':>8} {'GEMM frac':>10}",
+    ]
+    for d in res["table_ds"]:
+        tu = res["update"].get(d)
+        te = res["eigh"].get(d)
+        tr = res["rsvd"].get(d)
+        if tu is None:
+            L, Q, A = _problem(d, r, n)
+            tu = best_time(lambda: eigh_update(L, Q, A, decay=0.95, weight=0.05), 5)
+        frac = b_update_flops(d, r, n) / tu / rate
+        fmt = lambda t: f"{t:.4f}s" if t is not None else "-"  # noqa: E731
+        ratio = lambda t: f"{t / tu:.0f}x" if t is not None else "-"  # noqa: E731
+        lines.append(
+            f"{d:>6} {fmt(tu):>12} {fmt(te):>11} {fmt(tr):>13} {ratio(te):>8} {ratio(tr):>8} {frac:>10.0%}"
+        )
+    lines.append("")
+    lines.append("fitted exponent p of time ~ d^p:")
+    for key, name in (("update", "eigh_update"), ("eigh", "numpy.linalg.eigh"), ("rsvd", "sklearn randomized_svd")):
+        pts = res[key]
+        if len(pts) >= 2:
+            ds = sorted(pts)
+            lines.append(
+                f"  {name:<24} p = {fitted_exponent(ds, [pts[d] for d in ds]):.2f}  (d = {ds[0]}..{ds[-1]})"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lowrank_online.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (seconds), for smoke tests")
+    args = parser.parse_args(argv)
+    print(report(run(quick=args.quick)))
+
+
+if __name__ == "__main__":
+    main()
