@@ -145,7 +145,8 @@ def reigh(
     oversample : int, optional
         Extra sketch columns (default 10).
     n_iter : int, optional
-        Power iterations (default 4); each costs **one** product with X.
+        Power iterations (default 4); each costs **one** product with X (see Notes for how
+        this compares with :func:`rsvd`'s ``n_iter``).
     seed : None, int or numpy.random.Generator, optional
         Seed of the Gaussian test matrix, drawn on the host (same result on every backend).
     check_finite : bool, optional
@@ -162,13 +163,16 @@ def reigh(
     Notes
     -----
     Symmetry is used twice. The power iteration multiplies by X alone, so ``q`` iterations
-    cost ``q`` products where the SVD route on the same matrix costs ``2q``. The final
+    cost ``q`` products where the SVD route needs ``2q`` for the same power of X. The final
     approximation is the Nystrom one, ``X_hat = Y (Omega^T Y)^+ Y^T`` with ``Y = X Omega``
-    and ``Omega = orth(X^q G)``, whose error behaves like that of a projection onto
-    ``range(X^{q + 1/2} G)`` squared. It is about as accurate as :func:`rsvd` with the same
-    ``n_iter``, at ``q + 1`` products instead of ``2q + 2``. The pseudo-inverse is stabilised by
-    a shift ``nu = sqrt(d) eps |Y|`` that is removed from the eigenvalues at the end (Tropp et
-    al. 2017, Alg. 3), using the eigendecomposition of the small ``Omega^T Y``. Cost
+    and ``Omega = orth(X^q G)``. On the same sketch it beats a projection (Rayleigh-Ritz) by
+    half a power: eigenvalue errors decay like ``(lambda_{k+1} / lambda_j)^{2q+1}``, against
+    ``^{2q}`` for Rayleigh-Ritz on ``orth(X^q G)``. :func:`rsvd` with ``n_iter=q`` reaches
+    ``(sigma_{k+1} / sigma_j)^{4q+2}`` with ``2q + 2`` products, so per product of X the two are
+    on par. Choose ``n_iter`` about twice that of :func:`rsvd` for the same eigenvalue
+    accuracy. The pseudo-inverse is stabilised by a shift ``nu = sqrt(d) eps |Y|`` that is
+    removed from the eigenvalues at the end (Tropp et al. 2017, Alg. 3), using the
+    eigendecomposition of the small ``Omega^T Y``. Cost
     ``(q + 1)`` products with a k-column block (``2 d^2 k`` flops each for a dense X) plus
     ``O(d k^2)``. Falls back to the dense ``eigh`` when ``k >= 0.8 d``.
 

@@ -1,0 +1,42 @@
+"""The README's commands, the main-job demo, the bench script and the examples keep working."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, timeout: int = 300) -> str:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_readme_starts_with_exactly_two_commands_and_ci_runs_the_second():
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert block is not None and text.index(block.group(0)) < 40
+    commands = [line for line in block.group(1).splitlines() if line.strip()]
+    assert len(commands) == 2
+    assert "lowrank_online.demo" in commands[0]
+    assert "pytest" in commands[1]
+    assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_demo_quick():
+    out = _run("-m", "lowrank_online.demo", "--quick")
+    assert "LowRankEMA" in out and "done in" in out
+
+
+def test_bench_quick():
+    out = _run("-m", "lowrank_online.bench", "--quick")
+    assert "fitted exponent" in out and "GEMM" in out
+
+
+def test_streaming_covariance_example():
+    out = _run("examples/streaming_covariance.py", "--dim", "200", "--steps", "30", "--rank", "10")
+    assert "B-update err" in out
