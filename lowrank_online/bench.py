@@ -1,7 +1,9 @@
-"""Ratio table for the B-update against the peers a user would otherwise pick.
+"""Ratio tables: the B-update against its peers, and the preconditioners against each other.
 
 Run ``python -m lowrank_online.bench`` (a few minutes on 2 cores; ``--quick`` for a smoke run).
-It prints, from one run on one machine:
+``python -m lowrank_online.bench curvature`` prints the curvature table of paper 001's FC
+layer 0 (see :func:`curvature_table`; the dense K-FAC eigendecomposition of the 16385 x 16385
+factor alone takes several minutes). The default table prints, from one run on one machine:
 
 * the machine's float64 GEMM rate (square 4096 GEMM, best of several);
 * time of ``eigh_update`` (r = 220, n = 256, the paper's sizes) against ``numpy.linalg.eigh``
@@ -27,14 +29,15 @@ import numpy as np
 from .brand import eigh_update
 
 
-def best_time(fn: Callable[[], object], repeat: int, budget: float = 20.0) -> float:
-    """Best wall time of ``repeat`` calls after one warm-up (fewer if over ``budget`` seconds)."""
+def best_time(fn: Callable[[], object], repeat: int, budget: float = 20.0, warmup: bool = True) -> float:
+    """Best wall time of ``repeat`` calls (fewer once ``budget`` seconds are spent), after one
+    untimed warm-up call unless ``warmup=False``."""
+    if warmup:
+        fn()
+    best = math.inf
     start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    best = first
-    for _ in range(repeat - 1):
-        if time.perf_counter() - start > budget:
+    for i in range(repeat):
+        if i and time.perf_counter() - start > budget:
             break
         t0 = time.perf_counter()
         fn()
@@ -135,11 +138,80 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
+def curvature_table(quick: bool = False, period: int = 25) -> str:
+    """Curvature cost of one FC layer per method: kfac vs rkfac vs bkfac (linear-time application).
+
+    The layer is paper 001's FC layer 0 (16384 inputs + bias, 2048 outputs, batch 256, r = 220;
+    ``--quick``: 1024 x 256, batch 64, r = 32). The table reports, for each method:
+
+    * the time of one inverse update (dense EVD, randomized EVD, or B-update of both factors);
+    * the statistics update (the dense EA of both factors; pure b-kfac has none);
+    * the per-step application to one gradient (Alg. 1 l. 16-17 on ``[W b]``; for b-kfac the
+      factored Alg. 8 on ``(G, A)``, plus, separately, forming the step ``G~^T A~``, which is no
+      more than plain SGD spends forming its gradient);
+    * the amortised curvature time per step with ``T_inv = T_Brand = T_updt = period``.
+    """
+    from .curvature import KFACPreconditioner
+
+    d_in, d_out, n, r = (1025, 256, 64, 32) if quick else (16385, 2048, 256, 220)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, d_in)) * (0.99 ** np.arange(d_in))
+    g = rng.standard_normal((n, d_out)) * (0.99 ** np.arange(d_out))
+    grad = g.T @ a / n
+    rows = []
+    for method in ("kfac", "rkfac", "bkfac"):
+        pre = KFACPreconditioner(method, rank=r, T_inv=period, T_brand=period, T_updt=period)
+        pre.update("fc0", a, g)
+        layer = pre._layers["fc0"]
+        xp = layer.xp
+        if method == "bkfac":
+            stats = 0.0  # no dense EA: the batch goes straight into the B-update
+            inverse = best_time(lambda: layer.update(a, g, 0), 3)
+            apply_t = best_time(lambda: pre.precondition_factored("fc0", g / n, a), 3)
+            G_t, A_t = pre.precondition_factored("fc0", g / n, a)
+            form = best_time(lambda: G_t.T @ A_t, 3)
+        else:
+            from .curvature import factors
+
+            no_inverse = {side: layer.specs[side]._replace(T_inv=10**9) for side in ("A", "G")}
+
+            def stats_only() -> None:
+                factors.update(layer.state["A"], a, 1, no_inverse["A"], xp)
+                factors.update(layer.state["G"], g, 1, no_inverse["G"], xp)
+
+            stats = best_time(stats_only, 2)
+            dense_evd = method == "kfac" and not quick  # minutes per call: one un-warmed run
+            both = best_time(lambda: layer.update(a, g, 0), 1 if dense_evd else 2, warmup=not dense_evd)
+            inverse = max(both - stats, 0.0)
+            apply_t = best_time(lambda: pre.precondition("fc0", grad), 1 if dense_evd else 2, warmup=not dense_evd)
+            form = 0.0
+        per_step = (stats + inverse) / period + apply_t
+        rows.append((method, inverse, stats, apply_t, form, per_step))
+    lines = [
+        f"curvature of one FC layer: {d_in - 1} (+bias) in x {d_out} out, batch {n}, r = {r}, "
+        f"T_inv = T_Brand = T_updt = {period}",
+        f"{'method':<8} {'inverse update':>15} {'stats update':>13} {'apply/step':>11} {'form step':>10} "
+        f"{'amortised/step':>15} {'inverse x':>10} {'per-step x':>11}",
+    ]
+    base = rows[-1]
+    for method, inv, st, ap, fm, ps in rows:
+        lines.append(
+            f"{method:<8} {inv:>14.3f}s {st:>12.3f}s {ap:>10.4f}s {fm:>9.4f}s {ps:>14.4f}s "
+            f"{inv / base[1]:>9.1f}x {ps / base[5]:>10.1f}x"
+        )
+    lines.append("(x: relative to bkfac; 'form step' is G~^T A~ of the factored application, which replaces forming the gradient)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lowrank_online.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("table", nargs="?", default="core", choices=["core", "curvature"])
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds), for smoke tests")
     args = parser.parse_args(argv)
-    print(report(run(quick=args.quick)))
+    if args.table == "curvature":
+        print(curvature_table(quick=args.quick))
+    else:
+        print(report(run(quick=args.quick)))
 
 
 if __name__ == "__main__":

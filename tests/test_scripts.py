@@ -40,3 +40,28 @@ def test_bench_quick():
 def test_streaming_covariance_example():
     out = _run("examples/streaming_covariance.py", "--dim", "200", "--steps", "30", "--rank", "10")
     assert "B-update err" in out
+
+
+def test_cli_train_save_resume_and_compare(tmp_path):
+    ckpt = str(tmp_path / "run.npz")
+    out = _run("-m", "lowrank_online.cli", "train", "--data", "digits", "--epochs", "1", "--method", "bkfac",
+               "--no-progress", "--save", ckpt)
+    assert "final test accuracy" in out and "curvature work" in out
+    out = _run("-m", "lowrank_online.cli", "train", "--data", "digits", "--epochs", "2", "--method", "bkfac",
+               "--no-progress", "--resume", ckpt)
+    lines = [line for line in out.splitlines() if line.strip().startswith("2 ")]
+    assert lines, out  # resumed at epoch 2
+    out = _run("-m", "lowrank_online.cli", "compare", "--data", "digits", "--epochs", "1", "--methods", "sgd,kfac,bkfac",
+               "--no-progress", "--quiet")
+    assert "t_epoch" in out and "bkfac" in out
+
+
+def test_cli_rejects_unknown_methods():
+    res = subprocess.run([sys.executable, "-m", "lowrank_online.cli", "compare", "--methods", "sgd,nope"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "unknown method" in (res.stderr + res.stdout)
+
+
+def test_torch_embedding_example_runs():
+    out = _run("examples/torch_embedding.py", "--epochs", "1")
+    assert "test accuracy" in out and "Tensor" in out

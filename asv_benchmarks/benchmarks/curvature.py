@@ -1,0 +1,47 @@
+"""One preconditioner step per method: factor update + inverse update + application.
+
+Layer of 4096 inputs x 1024 outputs, batch 256, r = 220 (issue 4). Every step recomputes the
+inverse representation (T_inv = T_Brand = T_RSVD = T_corct = 1), so the time is that of an
+inverse-update step; amortised figures come from ``python -m lowrank_online.bench curvature``.
+"""
+
+import numpy as np
+
+from lowrank_online.curvature import KFACPreconditioner
+
+D_IN, D_OUT, BATCH, RANK = 4096, 1024, 256, 220
+
+
+class PreconditionerStep:
+    params = ["kfac", "rkfac", "bkfac", "brkfac", "bkfacc", "auto"]
+    param_names = ["method"]
+    timeout = 600
+
+    def setup(self, method):
+        rng = np.random.default_rng(0)
+        decay_a = 0.99 ** np.arange(D_IN + 1)
+        decay_g = 0.99 ** np.arange(D_OUT)
+        self.batches = [
+            (rng.standard_normal((BATCH, D_IN + 1)) * decay_a, rng.standard_normal((BATCH, D_OUT)) * decay_g)
+            for _ in range(2)
+        ]
+        self.pre = KFACPreconditioner(method, rank=RANK, T_inv=1, T_brand=1, T_rsvd=1, T_corct=1)
+        a, g = self.batches[0]
+        self.pre.update("fc", a, g)
+        self.pre.step()
+        self.grad = g.T @ a / BATCH
+
+    def time_step(self, method):
+        a, g = self.batches[1]
+        self.pre.update("fc", a, g)
+        self.pre.precondition("fc", self.grad)
+        self.pre.step()
+
+    def time_factored_application(self, method):
+        a, g = self.batches[1]
+        self.pre.precondition_factored("fc", g / BATCH, a)
+
+    def peakmem_step(self, method):
+        a, g = self.batches[1]
+        self.pre.update("fc", a, g)
+        self.pre.precondition("fc", self.grad)
