@@ -1,0 +1,41 @@
+"""The evidence scripts run in quick mode and the qualitative findings they establish still hold."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"evidence_{name}", ROOT / "evidence" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_kfactor_error_study_findings_hold():
+    study = _script("kfactor_errors")
+    res = study.run(study.QUICK)
+    found = study.findings(res)
+    for index in study.FINDINGS:
+        text, holds, numbers = found[index]
+        assert holds, f"{text}: {numbers}"
+    assert set(res["average"]) == set(study.algorithms(study.QUICK))
+
+
+@pytest.mark.slow
+def test_optimizer_comparison_runs_and_every_method_learns(tmp_path):
+    study = _script("optimizers")
+    res = study.main(["--quick", "--output-dir", str(tmp_path)])
+    assert (tmp_path / "optimizers_table.rst").exists()
+    for data, r in res.items():
+        for name in r["names"]:
+            for h in r["runs"][name]:
+                assert h.train_loss[-1] < h.train_loss[0], (data, name)
