@@ -15,6 +15,26 @@ from ._results import EighResult, SVDResult
 from .brand import eigh_update, svd_update
 from .checkpoint import load_state, save_state
 from .ema import LowRankEMA
+from .kronecker import (
+    EKFACFactors,
+    FisherBlockOperator,
+    IterativeSVDResult,
+    KronSum,
+    KronSumInverse,
+    TKFACFactors,
+    ekfac_factors,
+    ekfac_scalings,
+    ekfac_solve,
+    ekfac_update,
+    kfac_corrected,
+    kfac_factors,
+    kpsvd,
+    kron_rearrange,
+    lanczos_svd,
+    nearest_kron,
+    power_svd,
+    tkfac_factors,
+)
 from .operators import LinearOperator
 from .randomized import reigh, rsvd
 from .solve import damped_solve
@@ -34,4 +54,23 @@ __all__ = [
     "rsvd",
     "save_state",
     "svd_update",
+    # Kronecker toolkit (papers 002-004)
+    "EKFACFactors",
+    "FisherBlockOperator",
+    "IterativeSVDResult",
+    "KronSum",
+    "KronSumInverse",
+    "TKFACFactors",
+    "ekfac_factors",
+    "ekfac_scalings",
+    "ekfac_solve",
+    "ekfac_update",
+    "kfac_corrected",
+    "kfac_factors",
+    "kpsvd",
+    "kron_rearrange",
+    "lanczos_svd",
+    "nearest_kron",
+    "power_svd",
+    "tkfac_factors",
 ]
