@@ -36,7 +36,13 @@ _KFAC_FAMILY = {
     "bkfacc": "brand",
     "auto": "auto",
 }
-METHODS: tuple[str, ...] = tuple(_KFAC_FAMILY)
+def _all_methods() -> tuple[str, ...]:
+    from .methods import available_methods
+
+    return tuple(available_methods())
+
+
+METHODS: tuple[str, ...] = _all_methods()
 _DAMPING_MODES = ("relative", "pi", "absolute")
 
 
@@ -109,6 +115,11 @@ class KFACPreconditioner:
         default) or an RSVD of the dense factor, as the paper does.
     kl_clip : float, optional
         KL-clipping bound ``kappa`` used by :meth:`clip` (paper 002, App. E).
+    kron_tol, kron_max_iter : float, int
+        Convergence tolerance (default 1e-3) and iteration cap (default 100) of the matrix-free
+        power / Lanczos solves of the Kronecker-sum methods, warm-started from the previous
+        batch. The factors are exponentially averaged across batches, so each batch's solve
+        need not be tight.
     seed : int
         Base seed of the randomized decompositions (derived per layer, factor and step, so
         runs are reproducible and resumable without RNG state).
@@ -148,6 +159,8 @@ class KFACPreconditioner:
         phi_crc: float = 0.5,
         bkfac_init: str = "exact",
         kl_clip: float | None = None,
+        kron_tol: float = 1e-3,
+        kron_max_iter: int = 100,
         min_damping: float = 1e-8,
         seed: int = 0,
     ) -> None:
@@ -175,6 +188,8 @@ class KFACPreconditioner:
             raise ValueError(f"`bkfac_init` must be 'exact' or 'reigh', got {bkfac_init!r}")
         self.bkfac_init = bkfac_init
         self.kl_clip = None if kl_clip is None else _array.check_real(kl_clip, "kl_clip", low=0.0, low_open=True)
+        self.kron_tol = _array.check_real(kron_tol, "kron_tol", low=0.0, low_open=True)
+        self.kron_max_iter = _array.check_int(kron_max_iter, "kron_max_iter", minimum=1)
         self.min_damping = _array.check_real(min_damping, "min_damping", low=0.0, low_open=True)
         self.seed = _array.check_int(seed, "seed", minimum=0)
         self.steps = 0
