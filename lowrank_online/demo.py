@@ -130,6 +130,7 @@ SECTIONS: dict[str, str | Callable[[bool], str]] = {
     "core": online_core,
     "randomized": randomized,
     "solve": solves,
+    "kronecker": "lowrank_online.kronecker._demo:report",
     "training": training,
 }
 

@@ -39,3 +39,13 @@ def test_optimizer_comparison_runs_and_every_method_learns(tmp_path):
         for name in r["names"]:
             for h in r["runs"][name]:
                 assert h.train_loss[-1] < h.train_loss[0], (data, name)
+
+
+def test_fisher_approximation_study_findings_hold():
+    study = _script("fisher_errors")
+    results = study.run(study.QUICK)
+    for res in results:
+        found = study.findings(res)
+        for text, holds, numbers in found[:2]:  # deflation best; all beat K-FAC on Error 1
+            assert holds, f"{text}: {numbers}"
+        assert res["errors"].shape[1:] == (len(study.METHODS), 2)
