@@ -116,33 +116,3 @@ def optimal_errors(F, d_g, d_a):
     s = np.linalg.svd(rearrange_loops(F, (d_g, d_g), (d_a, d_a)), compute_uv=False)
     tails = np.sqrt(np.maximum(np.cumsum((s**2)[::-1])[::-1], 0.0))
     return s, np.append(tails[1:], 0.0)
-
-
-try:  # pytest is present when the tests run; the helpers above do not need it
-    import pytest
-except ImportError:  # pragma: no cover
-    pytest = None
-
-if pytest is not None:
-
-    @pytest.fixture(autouse=True)
-    def _torch_single_thread():
-        """Run each Kronecker test with one PyTorch thread, restoring the setting afterwards.
-
-        The toolkit's tests make many tiny products; on a 2-core machine PyTorch's OpenMP pool
-        then contends with NumPy's OpenBLAS threads (busy-waiting after the NumPy references)
-        and a 64 x 9 GEMM can take 10 ms instead of 10 us. One thread removes the contention;
-        results do not depend on it.
-        """
-        import sys
-
-        torch = sys.modules.get("torch")
-        if torch is None:
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)

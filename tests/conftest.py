@@ -54,6 +54,29 @@ def _namespace(name: str):
 BACKENDS = ["numpy", "array_api_strict", "torch", "cupy"]
 
 
+@pytest.fixture(autouse=True)
+def _torch_single_thread():
+    """Run every test with one PyTorch thread, restoring the setting afterwards.
+
+    The tests make many small products; on a 2-core machine PyTorch's OpenMP pool then contends
+    with NumPy's OpenBLAS threads (busy-waiting after the NumPy references), and a 64 x 9 GEMM
+    can take 10 ms instead of 10 us. One thread removes the contention; results do not depend
+    on it.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(params=BACKENDS)
 def xp(request):
     """Every array-API namespace the library supports (CuPy skipped without a GPU)."""

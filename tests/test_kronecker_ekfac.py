@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _fisher_data import _torch_single_thread  # noqa: F401  (autouse fixture)
 from _fisher_data import dense_fisher, kfac_dense, mlp_statistics, random_statistics
 from conftest import asarray, assert_backend, assert_orthonormal, to_np
 from lowrank_online import ekfac_factors, ekfac_scalings, ekfac_solve, ekfac_update

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _fisher_data import _torch_single_thread  # noqa: F401  (autouse fixture)
 from _fisher_data import TinyMLP, dense_fisher, mlp_statistics, random_statistics, rearrange_loops
 from conftest import asarray, assert_backend, to_np
 from lowrank_online import FisherBlockOperator, KronSum, lanczos_svd, power_svd, rsvd

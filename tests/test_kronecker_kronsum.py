@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _fisher_data import _torch_single_thread  # noqa: F401  (autouse fixture)
 from _fisher_data import mlp_statistics
 from conftest import asarray, assert_backend, to_np
 from lowrank_online import KronSum, KronSumInverse, kpsvd

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _fisher_data import _torch_single_thread  # noqa: F401  (autouse fixture)
 from _fisher_data import dense_fisher, mlp_statistics, rearrange_loops
 from conftest import ORTH, asarray, assert_backend, assert_orthonormal, reference_flip, to_np
 from lowrank_online import FisherBlockOperator, lanczos_svd, power_svd

@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _fisher_data import _torch_single_thread  # noqa: F401  (autouse fixture)
 from _fisher_data import dense_fisher, mlp_statistics, random_statistics, rearrange_loops
 from conftest import asarray, assert_backend, assert_matrix_close, to_np
 from lowrank_online import KronSum, kron_rearrange, nearest_kron
