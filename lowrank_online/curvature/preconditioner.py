@@ -318,14 +318,13 @@ class KFACPreconditioner:
             lam = (pi * root, root / pi)
         return (max(lam[0], self.min_damping), max(lam[1], self.min_damping))
 
-    def _check_grad(self, layer: str, grad: Any, state: Any) -> Any:
+    def _check_grad(self, layer: str, grad: Any, state: Any) -> None:
         xp = _array.namespace(("grad", grad))
         if xp is not state.xp:
             raise TypeError(f"`grad` is a {_array._namespace_name(xp)} array but layer {layer!r} holds {_array._namespace_name(state.xp)}")
         _array.check_array(grad, "grad", xp, ndim=2)
         if tuple(grad.shape) != (state.d_g, state.d_a):
             raise ValueError(f"`grad` of layer {layer!r} must have shape {(state.d_g, state.d_a)}, got {tuple(grad.shape)}")
-        return xp
 
     def precondition(self, layer: str, grad: Any) -> Any:
         """The preconditioned step ``F^{-1} grad`` of ``layer``, in the weight's own shape
@@ -337,11 +336,12 @@ class KFACPreconditioner:
     def precondition_factored(self, layer: str, G: Any, A: Any) -> tuple[Any, Any]:
         """Precondition a gradient given as factors, ``grad = G^T A`` (G: N x d_out, A: N x d_in).
 
-        Returns ``(G_tilde, A_tilde)`` with ``step = G_tilde^T A_tilde``. For K-FAC-family layers
-        this is paper 001, Alg. 8: ``G_tilde^T = Gamma^{-1} G^T`` and ``A_tilde^T = A^{-1} A^T``,
-        ``O(r (d_in + d_out) N)`` with low-rank representations, where the step matrix itself has
-        ``d_out d_in`` entries. Other methods return ``(grad-step^T, I)``-free factors where their
-        structure allows and fall back to the full step otherwise (see the method's docs).
+        Returns ``(G_tilde, A_tilde)`` with ``step = G_tilde^T A_tilde``. For layers with two
+        Kronecker factors (the K-FAC family, ``tkfac``, ``kpsvd``) this is paper 001, Alg. 8:
+        ``G_tilde^T = Gamma^{-1} G^T`` and ``A_tilde^T = A^{-1} A^T``, ``O(r (d_in + d_out) N)``
+        with low-rank representations, where the step matrix itself has ``d_out d_in`` entries.
+        Methods without that structure (``ekfac``, ``ekfac-ra``, the two-term sums) precondition
+        the full gradient ``G^T A`` and return ``(I, step)``.
         """
         state = self._layer(layer)
         xp = _array.namespace(("G", G), ("A", A))
