@@ -29,4 +29,5 @@ intersphinx_mapping = {
 html_theme = "pydata_sphinx_theme"
 html_static_path = ["_static"]
 html_title = "lowrank_online"
-exclude_patterns = ["_build"]
+# Fragments written by the evidence and benchmark scripts are included by the pages, not built alone.
+exclude_patterns = ["_build", "evidence/*.rst", "scaling/*"]

@@ -18,7 +18,7 @@ The step metrics are averaged over each ``T_updt``-step block (the paper reports
 average), and all metrics are averaged over seeds. The curvature time per step of each algorithm
 is measured on the same statistics.
 
-``python evidence/kfactor_errors.py`` regenerates ``docs/evidence/kfactor_errors.rst`` (table and
+``python evidence/kfactor_errors.py`` regenerates ``docs/evidence/kfactor_errors_table.rst`` (table and
 findings) and ``kfactor_errors.png`` (curves) in a few minutes on 2 CPU cores. ``--quick`` runs
 a small instance in seconds; the tests run it and assert the findings recorded in
 ``FINDINGS``.
@@ -187,8 +187,13 @@ def findings(res: dict) -> list[tuple[str, bool, str]]:
     between = [(min(x, y) <= c <= max(x, y)) for x, y, c in zip(bk, brk, bc, strict=True)]
     out.append(("b-kfac-c lies between b-kfac and b-r-kfac", all(between),
                 ", ".join(f"{m}: {c:.3g} in [{min(x, y):.3g}, {max(x, y):.3g}]" for m, x, y, c in zip(METRICS, bk, brk, bc, strict=True))))
-    out.append(("b-r-kfac beats b-kfac on all four metrics", bool(np.all(brk < bk)),
-                ", ".join(f"{m}: {a:.3g} vs {b:.3g}" for m, a, b in zip(METRICS, brk, bk, strict=True))))
+    # On the wide A factor the two errors agree to three digits here: a tie (within 0.1%) is
+    # said as such, and the finding needs no metric worse and at least one better.
+    tie = np.abs(brk - bk) <= 1e-3 * bk
+    out.append(("b-r-kfac is at least as good as b-kfac on all four metrics and better on one",
+                bool(np.all((brk < bk) | tie) and np.any(~tie)),
+                ", ".join(f"{m}: {a:.4g} vs {b:.4g}{' (tie)' if t else ''}"
+                          for m, a, b, t in zip(METRICS, brk, bk, tie, strict=True))))
     # "no reset" r-kfac: error grows past b-kfac's steady state (step metrics, second half)
     half = s.window // 2
     late_r = curves[long][half:, 2:].mean(axis=0)

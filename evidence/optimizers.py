@@ -47,7 +47,7 @@ def run(quick: bool) -> dict:
                 "--no-progress", "--quiet", *cfg["extra"]]
         args = build_parser().parse_args(argv)
         names, runs = run_compare(args)
-        out[data] = {"names": names, "runs": runs, "targets": cfg["targets"], "config": " ".join(argv[1:])}
+        out[data] = {"names": names, "runs": runs, "targets": cfg["targets"], "config": " ".join(argv)}
     return out
 
 

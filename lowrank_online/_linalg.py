@@ -9,7 +9,12 @@
 * :func:`complement` writes a block against an orthonormal basis, ``A = Q C + P R``, the step
   that Brand's update (paper 001, Alg. 2 line 4-5, Alg. 3 line 3-4) spends its time in.
 
-Everything here takes an already-resolved namespace ``xp`` and uses only the standard.
+Everything here takes an already-resolved namespace ``xp`` and uses only the standard, plus
+the hooks of :class:`~lowrank_online._array.Backend`: ``to_core`` / ``from_core`` around every
+small core, ``persist`` on tall intermediates that are read twice, ``matmul`` / ``residual``
+for the products of a tall array with a small one. They are casts and identities in memory; on
+Dask they keep the tall arrays on the workers, cut the passes over them to the minimum and
+batch the round trips to the client (see ``_dask.py``).
 """
 
 from __future__ import annotations
@@ -114,22 +119,21 @@ def small_svd(M: Any, xp: Any) -> tuple[Any, Any, Any]:
     raise DecompositionError(f"SVD of a {p}x{q} core failed (non-convergence or non-finite values)")
 
 
-def flip_signs(V: Any, xp: Any) -> tuple[Any, Any]:
+def flip_signs(V: Any, xp: Any, be: _array.Backend | None = None) -> tuple[Any, Any]:
     """Make the largest-magnitude entry of every column positive; return (V, signs).
 
     Two reductions instead of a gather: the largest-magnitude entry is positive exactly when
     ``max(V) >= -min(V)``, ties resolved towards ``+``. Deterministic for equal inputs and
     independent of the algorithm that produced the basis, so results of different paths
-    (Brand, randomized, dense) compare entry by entry.
+    (Brand, randomized, dense) compare entry by entry. With a backend ``be``, the signs come
+    from its ``column_signs`` hook (one reduction per row block on a distributed backend).
     """
     if V.shape[1] == 0 or V.shape[0] == 0:
         return V, xp.ones((V.shape[1],), dtype=V.dtype, device=_array.device(V))
-    positive = xp.max(V, axis=0) >= -xp.min(V, axis=0)
-    one = xp.ones((V.shape[1],), dtype=V.dtype, device=_array.device(V))
-    signs = xp.where(positive, one, -one)
+    signs = _array.column_signs(V, xp) if be is None else be.column_signs(V)
     # In place: V is a fresh product owned by the caller, and an immutable array type falls
     # back to ``V = V * signs`` under Python's augmented-assignment rules.
-    V *= signs[None, :]
+    V *= signs
     return V, signs
 
 
@@ -143,7 +147,8 @@ def orthonormalize(Y: Any, be: _array.Backend, *, passes: int = 2) -> Any:
     back to Householder QR, which returns an orthonormal basis in every case.
     """
     floor = CHOLQR2_FLOOR * be.eps
-    P = Y
+    # Y is read by every pass (and by the fallback): a lazy Y is materialised once.
+    P = Y = be.persist(Y)
     for _ in range(passes):
         try:
             mu, V = small_eigh(be.to_core(P.T @ P), be.cxp)
@@ -151,10 +156,10 @@ def orthonormalize(Y: Any, be: _array.Backend, *, passes: int = 2) -> Any:
             break
         if not float(mu[-1]) > float(mu[0]) * floor:
             break
-        P = P @ be.from_core(V / be.cxp.sqrt(mu)[None, :])
+        P = be.persist(be.matmul(P, be.from_core(V / be.cxp.sqrt(mu)[None, :])))
     else:
         return P
-    return be.xp.linalg.qr(Y).Q
+    return be.persist(be.xp.linalg.qr(Y).Q)
 
 
 class Complement(NamedTuple):
@@ -194,15 +199,20 @@ def complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
     r = Q.shape[1]
     floor = CHOLQR2_FLOOR * be.eps
 
+    # Passes over the tall data: C1 = Q^T A; then W and its Gram matrix; then the caller's
+    # final rotation. On a distributed backend the first two are one submitted graph: A and W
+    # are materialised once (each is read twice), C1 is computed once on the cluster (read by
+    # W and by the client), and C1 and W^T W reach the client in one round trip.
     C1 = Q.T @ A
-    # W = A - Q C1, negating the small factor so the tall product is the only temporary.
-    W = Q @ (-C1)
-    W += A
-    C = be.to_core(C1)
+    W = be.residual(A, Q, C1)
+    A, C1, W, G = be.persist(A, C1, W, W.T @ W)
+    C, G = be.to_core(C1, G)
     R_prev = None  # A = Q C + W R_prev, R_prev the identity until W has been normalised
     noise2 = None
     for attempt in range(4):
-        G = be.to_core(W.T @ W)
+        if attempt:
+            W, G = be.persist(W, W.T @ W)
+            G = be.to_core(G)
         if not _finite(cxp, G):
             raise FloatingPointError("non-finite values in the Gram matrix of the complement")
         if R_prev is None:
@@ -218,7 +228,7 @@ def complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
             C2 = be.to_core(Q.T @ W)
             C = C + (C2 if R_prev is None else C2 @ R_prev)
             if float(cxp.sum(C2 * C2)) > float(cxp.linalg.trace(G)) / 2:
-                W = W - Q @ be.from_core(C2)
+                W = be.residual(W, Q, be.from_core(C2))
                 continue
             G = G - C2.T @ C2
         else:
@@ -236,11 +246,11 @@ def complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
             zp = cxp.concat([-(C2 @ T), T], axis=0)
             R = s[:, None] * V.T
             R = R if R_prev is None else R @ R_prev
-            tall = xp.concat([Q, W], axis=1)
+            tall = be.join_columns([Q, W])
             if well:
                 return Complement(C, R, tall, zp)
             # CholeskyQR2: make the normalised residual explicit and orthogonalise it again.
-            W = tall @ be.from_core(zp)
+            W = be.matmul(tall, be.from_core(zp))
             R_prev = R
             continue
         break
@@ -256,13 +266,15 @@ def _rank_revealing_complement(Q: Any, A: Any, be: _array.Backend) -> Complement
     xp, cxp = be.xp, be.cxp
     r = Q.shape[1]
 
-    C1 = Q.T @ A
-    W = A - Q @ C1
-    C2 = Q.T @ W
-    W = W - Q @ C2
-    C = be.to_core(C1) + be.to_core(C2)
+    C1 = be.persist(Q.T @ A)
+    W = be.persist(be.residual(A, Q, C1))
+    C2 = be.persist(Q.T @ W)
+    W = be.persist(be.residual(W, Q, C2))
+    C1, C2 = be.to_core(C1, C2)
+    C = C1 + C2
     U, s, _ = xp.linalg.svd(W, full_matrices=False)
-    if not _finite(xp, U, s):
+    U, s = be.persist(U, s)
+    if not be.all_finite(U, s):
         raise FloatingPointError("non-finite values in the SVD of the complement")
     s_core = be.to_core(s)
     scale = float(cxp.sqrt(cxp.sum(C * C) + cxp.sum(s_core * s_core)))
@@ -270,13 +282,13 @@ def _rank_revealing_complement(Q: Any, A: Any, be: _array.Backend) -> Complement
     U = U[:, : be.count(s_core > threshold)]
     # The kept directions may still lean slightly into span(Q): project once more and keep
     # those that survive with most of their norm (Kahan-Parlett criterion).
-    U = U - Q @ (Q.T @ U)
+    U = be.persist(be.residual(U, Q, Q.T @ U))
     mu, V = small_eigh(be.to_core(U.T @ U), cxp)
     k = be.count(mu > 0.5)
-    P = U @ be.from_core(V[:, :k] / cxp.sqrt(mu[:k])[None, :])
+    P = be.persist(be.matmul(U, be.from_core(V[:, :k] / cxp.sqrt(mu[:k])[None, :])))
     R = be.to_core(P.T @ W)
     zp = cxp.concat([be.zeros((r, k)), be.eye(k)], axis=0)
-    return Complement(C, R, xp.concat([Q, P], axis=1), zp)
+    return Complement(C, R, be.join_columns([Q, P]), zp)
 
 
 def tall_svd(F: Any, be: _array.Backend) -> tuple[Any, Any, Any]:
@@ -287,6 +299,7 @@ def tall_svd(F: Any, be: _array.Backend) -> tuple[Any, Any, Any]:
     the singular values to an absolute ``eps |F|``, like LAPACK's SVD of F, in ~12 dk^2
     flops at GEMM speed. Returns ``(U, s, Vh)`` with ``U`` tall and ``s``, ``Vh`` as cores.
     """
+    F = be.persist(F)
     P = orthonormalize(F, be)
     Ur, s, Vh = small_svd(be.to_core(P.T @ F), be.cxp)
-    return P @ be.from_core(Ur), s, Vh
+    return be.persist(be.matmul(P, be.from_core(Ur))), s, Vh

@@ -3,7 +3,8 @@
 Run ``python -m lowrank_online.bench`` (a few minutes on 2 cores; ``--quick`` for a smoke run).
 ``python -m lowrank_online.bench curvature`` prints the curvature table of paper 001's FC
 layer 0 (see :func:`curvature_table`; the dense K-FAC eigendecomposition of the 16385 x 16385
-factor alone takes several minutes). The default table prints, from one run on one machine:
+factor alone takes several minutes); ``python -m lowrank_online.bench dask`` the Dask table of
+:mod:`lowrank_online.bench_dask`. The default table prints, from one run on one machine:
 
 * the machine's float64 GEMM rate (square 4096 GEMM, best of several);
 * time of ``eigh_update`` (r = 220, n = 256, the paper's sizes) against ``numpy.linalg.eigh``
@@ -205,9 +206,16 @@ def curvature_table(quick: bool = False, period: int = 25) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lowrank_online.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("table", nargs="?", default="core", choices=["core", "curvature"])
+    parser.add_argument("table", nargs="?", default="core", choices=["core", "curvature", "dask"])
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds), for smoke tests")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.table == "dask":
+        from . import bench_dask  # the Dask table has its own options (python -m lowrank_online.bench_dask -h)
+
+        bench_dask.main(rest + (["--quick"] if args.quick else []))
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.table == "curvature":
         print(curvature_table(quick=args.quick))
     else:

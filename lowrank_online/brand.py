@@ -26,8 +26,7 @@ def _nonnegative(values: Any, name: str, xp: Any) -> Any:
     """Clip rounding-level negatives of a spectrum; reject genuinely negative values."""
     if values.shape[0] == 0:
         return values
-    top = float(xp.max(xp.abs(values)))
-    low = float(xp.min(values))
+    top, low = _array.to_floats(xp, xp.max(xp.abs(values)), xp.min(values))
     if low < -1e3 * _array.eps(xp, values.dtype) * top:
         raise ValueError(f"`{name}` must be non-negative (a PSD representation), got minimum {low:.3g}")
     return xp.clip(values, min=0.0) if low < 0 else values
@@ -125,6 +124,11 @@ def eigh_update(
     ulps per call (measure: ``|Q^T Q - I|`` stays below 1e-12 over 10,000 updates in
     float64), but it cannot restore a basis that was not orthonormal to begin with.
 
+    Dask arrays chunked by rows are accepted (``A`` is rechunked to the rows of
+    ``eigenvectors``); the result comes back as Dask arrays, computed, chunked like the
+    inputs. Only the small cores reach the client; their finiteness stands in for that of
+    the inputs. See the "Scaling out with Dask" page of the documentation.
+
     References
     ----------
     .. [1] M. Brand, "Fast low-rank modifications of the thin singular value
@@ -149,6 +153,7 @@ def eigh_update(
     _array.check_array(eigenvalues, "eigenvalues", xp, ndim=1, finite=check_finite)
     _array.check_array(eigenvectors, "eigenvectors", xp, ndim=2, finite=check_finite)
     A = _as_block(A, "A", xp, check_finite)
+    eigenvectors, A = _array.align_tall(("eigenvectors", eigenvectors), ("A", A), xp=xp)
     _check_basis(eigenvectors, eigenvalues, "eigenvectors", "eigenvalues", "d")
     if A.shape[0] != eigenvectors.shape[0]:
         raise ValueError(
@@ -161,45 +166,58 @@ def eigh_update(
     dt = _array.result_dtype(xp, eigenvalues, eigenvectors, A)
     L = _nonnegative(_array.astype(eigenvalues, dt, xp), "eigenvalues", xp)
     return _eigh_update(
-        L, _array.astype(eigenvectors, dt, xp), _array.astype(A, dt, xp), decay, weight, rank, xp
+        L, _array.astype(eigenvectors, dt, xp), _array.astype(A, dt, xp), decay, weight, rank, xp,
+        check_finite=check_finite,
     )
 
 
-def _eigh_update(L: Any, Q: Any, A: Any, decay: float, weight: float, rank: int | None, xp: Any) -> EighResult:
-    """Validated entry point (used by the trackers): retry a float32 overflow in float64."""
+def _eigh_update(
+    L: Any, Q: Any, A: Any, decay: float, weight: float, rank: int | None, xp: Any, *, check_finite: bool = True
+) -> EighResult:
+    """Validated entry point (used by the trackers): retry a float32 overflow in float64.
+
+    ``check_finite`` only matters on a lazy namespace, whose inputs are checked on the small
+    cores (a ``ValueError`` naming the argument); in memory the caller checked them.
+    """
     try:
-        return _eigh_update_impl(L, Q, A, decay, weight, rank, xp)
+        return _eigh_update_impl(L, Q, A, decay, weight, rank, xp, check_finite)
     except FloatingPointError as err:
         if Q.dtype != xp.float32:
             raise _linalg.DecompositionError(f"Brand update failed: {err}") from err
     up = [_array.astype(x, xp.float64, xp) for x in (L, Q, A)]
     try:
-        res = _eigh_update_impl(*up, decay, weight, rank, xp)
+        res = _eigh_update_impl(*up, decay, weight, rank, xp, check_finite)
     except FloatingPointError as err:
         raise _linalg.DecompositionError(f"Brand update failed in float64 too: {err}") from err
     lam = xp.astype(res.eigenvalues, xp.float32)
-    if not bool(xp.all(xp.isfinite(lam))):
+    be = _array.Backend.of(lam, xp)
+    if not be.all_finite(lam):
         raise _linalg.DecompositionError("updated eigenvalues overflow float32")
-    return EighResult(lam, xp.astype(res.eigenvectors, xp.float32))
+    return EighResult(lam, be.detach(xp.astype(res.eigenvectors, xp.float32)))
 
 
-def _sorted_spectrum(L: Any, Q: Any, rank: int | None, xp: Any) -> EighResult:
+def _sorted_spectrum(L: Any, Q: Any, rank: int | None, be: _array.Backend) -> EighResult:
     """Reorder (and truncate) a representation that needs no basis change."""
-    order = xp.argsort(L, descending=True, stable=True)
+    xp = be.xp
+    L, lxp = be.local(L)
+    order = lxp.argsort(L, descending=True, stable=True)
     if rank is not None:
         order = order[:rank]
-    Qs, _ = _linalg.flip_signs(xp.take(Q, order, axis=1), xp)
-    return EighResult(xp.take(L, order, axis=0), Qs)
+    Qs, _ = _linalg.flip_signs(xp.take(Q, order, axis=1), xp, be)
+    return EighResult(be.distribute(lxp.take(L, order, axis=0)), be.detach(Qs))
 
 
 def _eigh_update_impl(
-    L: Any, Q: Any, A: Any, decay: float, weight: float, rank: int | None, xp: Any
+    L: Any, Q: Any, A: Any, decay: float, weight: float, rank: int | None, xp: Any, check_finite: bool = True
 ) -> EighResult:
     be = _array.Backend.of(Q, xp)
     cxp = be.cxp
     r = Q.shape[1]
     if A.shape[1] == 0 or weight == 0.0:
-        return _sorted_spectrum(L * decay, Q, rank, xp)
+        return _sorted_spectrum(L * decay, Q, rank, be)
+    if check_finite:
+        be.watch(("eigenvalues", L), ("eigenvectors", Q), ("A", A))
+    be.prefetch(L)
 
     comp = _linalg.complement(Q, A, be)
     k = comp.coef_p.shape[0]
@@ -211,11 +229,11 @@ def _eigh_update_impl(
     lam, U = cxp.clip(lam[:m], min=0.0), U[:, :m]
     top, bottom = U[:r, :], U[r:, :]
     Z = cxp.concat([top + comp.zp[:r, :] @ bottom, comp.zp[r:, :] @ bottom], axis=0)
-    V, _ = _linalg.flip_signs(comp.tall @ be.from_core(Z), xp)
     lam = be.from_core(lam)
-    if not bool(xp.all(xp.isfinite(lam))):
+    if not be.all_finite(lam):
         raise FloatingPointError("updated eigenvalues overflow")
-    return EighResult(lam, V)
+    V, _ = _linalg.flip_signs(be.matmul(comp.tall, be.from_core(Z)), xp, be)
+    return EighResult(lam, be.detach(V))
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,6 +297,9 @@ def svd_update(
     the tall dtype plus ``O((r+n)^3)`` for the core in float64. Exact to rounding when
     ``rank`` is None.
 
+    On Dask, ``U`` and ``A`` are chunked by rows, ``Vh`` by columns and ``B`` by rows (each
+    increment is rechunked to its basis); ``Vh`` comes back chunked like ``Vh``.
+
     References
     ----------
     .. [1] M. Brand, "Fast low-rank modifications of the thin singular value
@@ -304,6 +325,8 @@ def svd_update(
         raise ValueError(f"`A` and `B` must both be 1-D or both be 2-D, got {A.ndim}-D and {B.ndim}-D")
     A = _as_block(A, "A", xp, check_finite)
     B = _as_block(B, "B", xp, check_finite)
+    U, A = _array.align_tall(("U", U), ("A", A), xp=xp)
+    Vh, B = _array.align_tall(("Vh", Vh, 1), ("B", B), xp=xp)
     _check_basis(U, S, "U", "S", "m")
     _check_basis(Vh.T, S, "Vh", "S", "d")
     if A.shape[0] != U.shape[0]:
@@ -317,24 +340,30 @@ def svd_update(
     S = _nonnegative(_array.astype(S, dt, xp), "S", xp)
     args = [_array.astype(x, dt, xp) for x in (U, S, Vh, A, B)]
     try:
-        return _svd_update_impl(*args, rank, xp)
+        return _svd_update_impl(*args, rank, xp, check_finite)
     except FloatingPointError as err:
         if dt != xp.float32:
             raise _linalg.DecompositionError(f"Brand update failed: {err}") from err
     try:
-        res = _svd_update_impl(*[xp.astype(x, xp.float64) for x in args], rank, xp)
+        res = _svd_update_impl(*[xp.astype(x, xp.float64) for x in args], rank, xp, check_finite)
     except FloatingPointError as err:
         raise _linalg.DecompositionError(f"Brand update failed in float64 too: {err}") from err
     out = SVDResult(*(xp.astype(x, xp.float32) for x in res))
-    if not bool(xp.all(xp.isfinite(out.S))):
+    be = _array.Backend.of(out.U, xp)
+    if not be.all_finite(out.S):
         raise _linalg.DecompositionError("updated singular values overflow float32")
-    return out
+    return SVDResult(*be.detach(out.U, out.S, out.Vh))
 
 
-def _svd_update_impl(U: Any, S: Any, Vh: Any, A: Any, B: Any, rank: int | None, xp: Any) -> SVDResult:
+def _svd_update_impl(
+    U: Any, S: Any, Vh: Any, A: Any, B: Any, rank: int | None, xp: Any, check_finite: bool = True
+) -> SVDResult:
     be = _array.Backend.of(U, xp)
     cxp = be.cxp
     r = U.shape[1]
+    if check_finite:
+        be.watch(("U", U), ("S", S), ("Vh", Vh), ("A", A), ("B", B))
+    be.prefetch(S)
     ca = _linalg.complement(U, A, be)
     cb = _linalg.complement(Vh.T, B, be)
     ka, kb = ca.coef_p.shape[0], cb.coef_p.shape[0]
@@ -353,9 +382,9 @@ def _svd_update_impl(U: Any, S: Any, Vh: Any, A: Any, B: Any, rank: int | None, 
     Um, s, Vm = Um[:, :p], s[:p], Vmh[:p, :].T
     Za = cxp.concat([Um[:r, :] + ca.zp[:r, :] @ Um[r:, :], ca.zp[r:, :] @ Um[r:, :]], axis=0)
     Zb = cxp.concat([Vm[:r, :] + cb.zp[:r, :] @ Vm[r:, :], cb.zp[r:, :] @ Vm[r:, :]], axis=0)
-    U_new, signs = _linalg.flip_signs(ca.tall @ be.from_core(Za), xp)
-    Vh_new = (be.from_core(Zb.T) @ cb.tall.T) * signs[:, None]
     s = be.from_core(s)
-    if not bool(xp.all(xp.isfinite(s))):
+    if not be.all_finite(s):
         raise FloatingPointError("updated singular values overflow")
-    return SVDResult(U_new, s, Vh_new)
+    U_new, signs = _linalg.flip_signs(be.matmul(ca.tall, be.from_core(Za)), xp, be)
+    Vh_new = be.matmul(be.from_core(Zb.T), cb.tall.T) * signs[:, None]
+    return SVDResult(*be.detach(U_new, s, Vh_new))

@@ -2,7 +2,9 @@
 
 ``python -m lowrank_online.demo`` runs every section (about a minute on 2 cores);
 ``--quick`` shrinks the sizes (seconds), ``--section NAME`` runs one section. Each section
-checks its result against a dense reference and prints the figures it measured.
+checks its result against a dense reference and prints the figures it measured. The ``dask``
+section (a streaming PCA on a two-process ``LocalCluster``) runs when ``dask[array]`` and
+``distributed`` are installed (``pip install "lowrank_online[dask]"``) and is skipped otherwise.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ SECTIONS: dict[str, str | Callable[[bool], str]] = {
     "randomized": randomized,
     "solve": solves,
     "kronecker": "lowrank_online.kronecker._demo:report",
+    "dask": "lowrank_online._dask_demo:section",
     "training": training,
 }
 

@@ -38,9 +38,8 @@ def _b_update(state: EMAState, A: Any, rank: int, decay: float, xp: Any) -> EMAS
     The first term enters unscaled (kappa(0) = 1, eq. (5)/(8)): ``M_0 = A_0 A_0^T``.
     """
     if state.eigenvectors is None:
-        d = A.shape[0]
         dev = _array.device(A)
-        empty_q = xp.zeros((d, 0), dtype=A.dtype, device=dev)
+        empty_q = A[:, :0]  # (d, 0), with A's rows (and row chunks on a distributed backend)
         empty_l = xp.zeros((0,), dtype=A.dtype, device=dev)
         res = _eigh_update(empty_l, empty_q, A, 1.0, 1.0, None, xp)
     else:
@@ -61,6 +60,7 @@ def _restore_orthonormality(L: Any, Q: Any, xp: Any) -> EighResult:
     be = _array.Backend.of(Q, xp)
     cxp = be.cxp
     m = Q.shape[1]
+    be.prefetch(L)
     G = be.to_core(Q.T @ Q)
     if m == 0 or float(cxp.max(cxp.abs(G - be.eye(m)))) <= 100 * be.eps:
         return EighResult(L, Q)
@@ -68,8 +68,8 @@ def _restore_orthonormality(L: Any, Q: Any, xp: Any) -> EighResult:
     root = cxp.sqrt(mu)
     half = (V * root[None, :]) @ V.T
     lam, U = _linalg.small_eigh(half @ _linalg.diag(be.to_core(L), cxp) @ half, cxp)
-    Q_new, _ = _linalg.flip_signs(Q @ be.from_core((V / root[None, :]) @ V.T @ U), xp)
-    return EighResult(be.from_core(cxp.clip(lam, min=0.0)), Q_new)
+    Q_new, _ = _linalg.flip_signs(be.matmul(Q, be.from_core((V / root[None, :]) @ V.T @ U)), xp, be)
+    return EighResult(be.from_core(cxp.clip(lam, min=0.0)), be.detach(Q_new))
 
 
 def _correct(state: EMAState, X: Any, idx: list[int], xp: Any) -> EMAState:
@@ -81,16 +81,18 @@ def _correct(state: EMAState, X: Any, idx: list[int], xp: Any) -> EMAState:
     L, Q = state.eigenvalues, state.eigenvectors
     be = _array.Backend.of(Q, xp)
     m = Q.shape[1]
-    chosen = xp.asarray(idx, dtype=xp.int64, device=be.device)
-    rest = xp.asarray([i for i in range(m) if i not in set(idx)], dtype=xp.int64, device=be.device)
-    Qc = xp.take(Q, chosen, axis=1)
+    L, lxp = be.local(L)  # the spectrum is small: reordered where it lives (the host on Dask)
+    chosen = lxp.asarray(idx, dtype=lxp.int64, device=_array.device(L))
+    rest = lxp.asarray([i for i in range(m) if i not in set(idx)], dtype=lxp.int64, device=_array.device(L))
+    Qc = be.persist(xp.take(Q, chosen, axis=1))
     lam, U = _linalg.small_eigh(be.to_core(Qc.T @ X.matmat(Qc)), be.cxp)
-    Qc = Qc @ be.from_core(U)
-    L_all = xp.concat([xp.take(L, rest, axis=0), be.from_core(be.cxp.clip(lam, min=0.0))])
-    Q_all = xp.concat([xp.take(Q, rest, axis=1), Qc], axis=1)
-    order = xp.argsort(L_all, descending=True, stable=True)
-    Q_new, _ = _linalg.flip_signs(xp.take(Q_all, order, axis=1), xp)
-    return EMAState(xp.take(L_all, order, axis=0), Q_new, state.n_updates)
+    Qc = be.matmul(Qc, be.from_core(U))
+    lam = be.from_core(be.cxp.clip(lam, min=0.0))
+    L_all = lxp.concat([lxp.take(L, rest, axis=0), be.local(lam)[0]])
+    Q_all = be.join_columns([xp.take(Q, rest, axis=1), Qc])
+    order = lxp.argsort(L_all, descending=True, stable=True)
+    Q_new, _ = _linalg.flip_signs(xp.take(Q_all, order, axis=1), xp, be)
+    return EMAState(be.distribute(lxp.take(L_all, order, axis=0)), be.detach(Q_new), state.n_updates)
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,7 +140,10 @@ class LowRankEMA:
     ``O(d (r + n)^2)``: linear in d.
 
     The first update fixes the dimension, namespace, device and dtype of the tracker;
-    later inputs must match them (no silent conversion). An input that is rejected, or an
+    later inputs must match them (no silent conversion). On Dask the held eigenvectors are
+    chunked like the first batch, later batches are rechunked to them, and every update
+    leaves the held factors computed on the workers and free of the graph that produced them:
+    the task graph and the workers' memory stay flat over a stream. An input that is rejected, or an
     update whose decomposition fails (after the float64 retry), leaves the state as it
     was; a failure is reported with a ``RuntimeWarning``.
 
@@ -181,20 +186,24 @@ class LowRankEMA:
         return f"LowRankEMA(rank={self.rank}, decay={self.decay}, {held}, n_updates={self.n_updates})"
 
     # ---------------------------------------------------------------- validation
-    def _check_operand_array(self, A: Any, name: str) -> Any:
+    def _check_operand_array(self, A: Any, name: str) -> tuple[Any, Any]:
+        """Validate a tall operand against the held basis; return its namespace and the
+        operand (on Dask, with its rows aligned to the held basis' chunks)."""
         Q = self.eigenvectors
         if Q is None:
             xp = _array.namespace((name, A))
             _array.check_array(A, name, xp, ndim=(1, 2))
+            (A,) = _array.align_tall((name, A), xp=xp)
         else:
             xp = _array.namespace(("eigenvectors", Q), (name, A))
             _array.same_device(("eigenvectors", Q), (name, A))
             _array.check_array(A, name, xp, ndim=(1, 2))
+            _, A = _array.align_tall(("eigenvectors", Q), (name, A), xp=xp)
             if A.dtype != Q.dtype:
                 raise TypeError(f"`{name}` has dtype {A.dtype} but the tracker holds {Q.dtype}; cast it first")
             if A.shape[0] != Q.shape[0]:
                 raise ValueError(f"`{name}` has {A.shape[0]} rows but the tracker has dimension {Q.shape[0]}")
-        return xp
+        return xp, A
 
     def _require_state(self, what: str) -> None:
         if self.eigenvectors is None:
@@ -210,7 +219,7 @@ class LowRankEMA:
     # ---------------------------------------------------------------- operations
     def update(self, A: Any) -> None:
         """B-update with a batch ``A`` of shape (d, n) (or (d,)): Alg. 4 of paper 001."""
-        xp = self._check_operand_array(A, "A")
+        xp, A = self._check_operand_array(A, "A")
         A = A[:, None] if A.ndim == 1 else A
         try:
             new = _b_update(self._state, A, self.rank, self.decay, xp)
@@ -273,7 +282,7 @@ class LowRankEMA:
     def solve(self, X: Any, damping: float, continuation: bool = False) -> Any:
         """``(Q diag(L) Q^T + damping I)^{-1} X``; see :func:`~lowrank_online.damped_solve`."""
         self._require_state("solve()")
-        xp = self._check_operand_array(X, "X")
+        xp, X = self._check_operand_array(X, "X")
         damping = _array.check_real(damping, "damping", low=0.0, low_open=True)
         return _damped_solve(self.eigenvalues, self.eigenvectors, X, damping, continuation, xp)
 
@@ -292,11 +301,15 @@ class LowRankEMA:
         return out
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any], *, xp: Any = None, device: Any = None) -> LowRankEMA:
+    def from_state_dict(
+        cls, state: dict[str, Any], *, xp: Any = None, device: Any = None, chunks: Any = None
+    ) -> LowRankEMA:
         """Rebuild a tracker from :meth:`state_dict` (or from its NumPy copy loaded from npz).
 
         ``xp`` / ``device`` move the arrays to another namespace or device; by default they
-        are used as they are.
+        are used as they are. ``chunks`` (Dask ``xp`` only): the row chunks of the restored
+        eigenvectors, an int or a tuple of ints, best those of the batches to come (default:
+        Dask's automatic choice; batches are rechunked to the held basis either way).
         """
         missing = {"rank", "decay", "n_updates"} - set(state)
         if missing:
@@ -307,8 +320,8 @@ class LowRankEMA:
         if "eigenvectors" in state:
             L, Q = state["eigenvalues"], state["eigenvectors"]
             if xp is not None:
-                L = xp.asarray(L, device=device) if device is not None else xp.asarray(L)
-                Q = xp.asarray(Q, device=device) if device is not None else xp.asarray(Q)
+                L = _array.from_host(L, xp, device)
+                Q = _array.from_host(Q, xp, device, rows=chunks)
             ns = _array.namespace(("eigenvalues", L), ("eigenvectors", Q))
             _array.check_array(L, "state['eigenvalues']", ns, ndim=1)
             _array.check_array(Q, "state['eigenvectors']", ns, ndim=2)

@@ -80,6 +80,9 @@ def rsvd(
     al. (2011), Thm 10.7. When ``k >= 0.8 min(m, n)`` the dense SVD is used instead (it is
     cheaper and exact there); an operator is then materialised by products with the identity.
 
+    A Dask ``X`` chunked by rows gives ``U`` chunked the same way. The Gaussian test matrix is
+    drawn on the client with the same generator, so a seed gives the NumPy result.
+
     References
     ----------
     .. [1] N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with randomness",
@@ -101,10 +104,10 @@ def rsvd(
     rank, oversample, n_iter = _check_common(rank, oversample, n_iter, min(m, n))
     rng = _array.as_generator(seed)
     k = min(rank + oversample, m, n)
+    be = _backend(op, check_finite)
     if k >= _DENSE_FRACTION * min(m, n):
-        U, s, Vh = xq.linalg.svd(op.dense(), full_matrices=False)
-        return _flip_svd(U[:, :rank] * 1.0, s[:rank], Vh[:rank, :], xq)
-    be = _array.Backend(xq, op.device, op.dtype)
+        U, s, Vh = _dense_svd(op.dense(), be)
+        return _flip_svd(U[:, :rank] * 1.0, s[:rank], Vh[:rank, :], be)
     omega = _array.standard_normal(rng, (n, k), op.dtype, xq, op.device)
     Q = _linalg.orthonormalize(op.matmat(omega), be, passes=1 if n_iter else 2)
     for i in range(n_iter):
@@ -112,14 +115,36 @@ def rsvd(
         Q = _linalg.orthonormalize(op.matmat(Z), be, passes=2 if i == n_iter - 1 else 1)
     # B = Q^T X is k x n; its transpose is tall, so factor that: B^T = Ub s Vbh.
     Ub, s, Vbh = _linalg.tall_svd(op.rmatmat(Q), be)
-    U = Q @ be.from_core(Vbh.T[:, :rank])
-    return _flip_svd(U, be.from_core(s[:rank]), Ub.T[:rank, :], xq)
+    U = be.matmul(Q, be.from_core(Vbh.T[:, :rank]))
+    return _flip_svd(U, be.from_core(s[:rank]), Ub.T[:rank, :], be)
 
 
-def _flip_svd(U: Any, s: Any, Vh: Any, xp: Any) -> SVDResult:
+def _backend(op: Any, check_finite: bool) -> _array.Backend:
+    """The backend of an operand; an array operand's deferred finiteness is watched."""
+    be = _array.Backend(op.xp, op.device, op.dtype, like=op.array)
+    if op.is_array and check_finite:
+        be.watch(("X", op.array))
+    return be
+
+
+def _dense_svd(X: Any, be: _array.Backend) -> tuple[Any, Any, Any]:
+    """Thin SVD of a matrix with a small side (the dense fallback of :func:`rsvd`).
+
+    A tall X stays where it is (on Dask: tall-skinny QR, then the SVD of the small R); a wide
+    one is small as a whole and is factorized locally.
+    """
+    if X.shape[0] >= X.shape[1]:
+        U, s, Vh = be.xp.linalg.svd(X, full_matrices=False)
+        return U, be.small(s), Vh
+    Xl, lxp = be.local(X)
+    U, s, Vh = lxp.linalg.svd(Xl, full_matrices=False)
+    return be.distribute(U, tall=True), be.distribute(s), be.distribute(Vh)
+
+
+def _flip_svd(U: Any, s: Any, Vh: Any, be: _array.Backend) -> SVDResult:
     """Sign convention on U (a fresh array), mirrored on Vh."""
-    U, signs = _linalg.flip_signs(U, xp)
-    return SVDResult(U, s, Vh * signs[:, None])
+    U, signs = _linalg.flip_signs(U, be.xp, be)
+    return SVDResult(*be.detach(U, s, Vh * signs[:, None]))
 
 
 def reigh(
@@ -176,6 +201,10 @@ def reigh(
     ``(q + 1)`` products with a k-column block (``2 d^2 k`` flops each for a dense X) plus
     ``O(d k^2)``. Falls back to the dense ``eigh`` when ``k >= 0.8 d``.
 
+    A Dask ``X`` chunked by rows gives eigenvectors chunked the same way; the d x k test
+    matrix is drawn on the client block by block in NumPy's order, so a seed gives the NumPy
+    result for any chunking, and the client never holds more than one block of it.
+
     References
     ----------
     .. [1] J. A. Tropp, A. Yurtsever, M. Udell, V. Cevher, "Fixed-rank approximation of a
@@ -198,55 +227,48 @@ def reigh(
     if d != d2:
         raise ValueError(f"`X` must be square (symmetric PSD), got shape {op.shape}")
     if op.is_array:
-        _check_symmetric(op.array, xq)
+        _array.check_symmetric(op.array, "X", xq)
     rank, oversample, n_iter = _check_common(rank, oversample, n_iter, d)
     rng = _array.as_generator(seed)
     k = min(rank + oversample, d)
+    be = _backend(op, check_finite)
     if k >= _DENSE_FRACTION * d:
-        w, V = _linalg.small_eigh(op.dense(), xq)
-        V, _ = _linalg.flip_signs(V[:, :rank] * 1.0, xq)
-        return EighResult(xq.clip(w[:rank], min=0.0), V)
-    return _nystrom(op, rank, k, n_iter, rng)
+        Xl, lxp = be.local(op.dense())
+        w, V = _linalg.small_eigh(Xl, lxp)
+        V, _ = _linalg.flip_signs(V[:, :rank] * 1.0, lxp)
+        return EighResult(be.distribute(lxp.clip(w[:rank], min=0.0)), be.distribute(V, tall=True))
+    return _nystrom(op, rank, k, n_iter, rng, be)
 
 
-def _nystrom(op: Any, rank: int, k: int, n_iter: int, rng: Any) -> EighResult:
+def _nystrom(op: Any, rank: int, k: int, n_iter: int, rng: Any, be: _array.Backend) -> EighResult:
     xp = op.xp
     d = op.shape[0]
-    be = _array.Backend(xp, op.device, op.dtype)
     cxp = be.cxp
-    omega = _array.standard_normal(rng, (d, k), op.dtype, xp, op.device)
+    omega = be.normal(rng, (d, k))
     for i in range(n_iter):
-        omega = _linalg.orthonormalize(op.matmat(omega), be, passes=2 if i == n_iter - 1 else 1)
+        omega = _linalg.orthonormalize(op.symmetric_matmat(omega), be, passes=2 if i == n_iter - 1 else 1)
     if n_iter == 0:
         omega = _linalg.orthonormalize(omega, be, passes=2)
-    Y = op.matmat(omega)
-    nu = (d**0.5) * be.eps * float(xp.linalg.vector_norm(Y))
+    # Y is read three times (its norm, the core omega^T Y and F): materialised once.
+    Y = be.persist(op.symmetric_matmat(omega))
+    nu = (d**0.5) * be.eps * _array.to_floats(xp, xp.linalg.vector_norm(Y))[0]
     Y = Y + nu * omega
     beta, V = _linalg.small_eigh(be.to_core(omega.T @ Y), cxp)
     keep = be.count(beta > 0.0)
-    F = Y @ be.from_core(V[:, :keep] / cxp.sqrt(beta[:keep])[None, :])
+    F = be.matmul(Y, be.from_core(V[:, :keep] / cxp.sqrt(beta[:keep])[None, :]))
     U, s, _ = _linalg.tall_svd(F, be)
     s = s[: min(rank, s.shape[0])]
     lam = be.from_core(cxp.clip(s * s - nu, min=0.0))
     if lam.shape[0] < rank:  # X has fewer than `rank` numerically non-zero directions
         lam = xp.concat([lam, xp.zeros((rank - lam.shape[0],), dtype=op.dtype, device=op.device)])
-        U = xp.concat([U, _complete_basis(U, rank - U.shape[1], be, rng)], axis=1)
-    V, _ = _linalg.flip_signs(U[:, :rank] * 1.0, xp)
-    return EighResult(lam, V)
+        U = be.join_columns([U, _complete_basis(U, rank - U.shape[1], be, rng)])
+    V, _ = _linalg.flip_signs(U[:, :rank] * 1.0, xp, be)
+    return EighResult(lam, be.detach(V))
 
 
 def _complete_basis(U: Any, extra: int, be: _array.Backend, rng: Any) -> Any:
     """``extra`` orthonormal columns orthogonal to the orthonormal ``U`` (zero-eigenvalue slots)."""
-    G = _array.standard_normal(rng, (U.shape[0], extra), U.dtype, be.xp, be.device)
+    G = be.normal(rng, (U.shape[0], extra))
     for _ in range(2):
-        G = G - U @ (U.T @ G)
+        G = be.residual(G, U, U.T @ G)
     return _linalg.orthonormalize(G, be)
-
-
-def _check_symmetric(X: Any, xp: Any) -> None:
-    scale = float(xp.max(xp.abs(X))) if X.shape[0] else 0.0
-    gap = float(xp.max(xp.abs(X - X.T))) if X.shape[0] else 0.0
-    if gap > _array.eps(xp, X.dtype) ** 0.5 * scale:
-        raise ValueError(
-            f"`X` must be symmetric; max |X - X^T| = {gap:.3g} exceeds sqrt(eps) * max |X|"
-        )

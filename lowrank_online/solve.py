@@ -63,6 +63,9 @@ def damped_solve(
     does not cancel when ``L << lambda``. Cost ``4 d r k + O(d k)`` flops, memory
     ``O(r k)`` besides the output: no d x d matrix is formed.
 
+    With Dask arrays chunked by rows the result is chunked like ``X`` (``X`` is rechunked
+    to the rows of ``eigenvectors``); ``Q^T X`` is the only value that reaches the client.
+
     Examples
     --------
     >>> import array_api_strict as xp
@@ -77,6 +80,7 @@ def damped_solve(
     _array.check_array(eigenvalues, "eigenvalues", xp, ndim=1, finite=check_finite)
     _array.check_array(eigenvectors, "eigenvectors", xp, ndim=2, finite=check_finite)
     _array.check_array(X, "X", xp, ndim=(1, 2), finite=check_finite)
+    eigenvectors, X = _array.align_tall(("eigenvectors", eigenvectors), ("X", X), xp=xp)
     if eigenvectors.shape[1] != eigenvalues.shape[0]:
         raise ValueError(
             f"`eigenvectors` has {eigenvectors.shape[1]} columns but `eigenvalues` has "
@@ -90,18 +94,32 @@ def damped_solve(
     damping = _array.check_real(damping, "damping", low=0.0, low_open=True)
     dt = _array.result_dtype(xp, eigenvalues, eigenvectors, X)
     L = _nonnegative(_array.astype(eigenvalues, dt, xp), "eigenvalues", xp)
-    return _damped_solve(L, _array.astype(eigenvectors, dt, xp), _array.astype(X, dt, xp), damping, continuation, xp)
+    return _damped_solve(
+        L, _array.astype(eigenvectors, dt, xp), _array.astype(X, dt, xp), damping, continuation, xp,
+        check_finite=check_finite,
+    )
 
 
-def _damped_solve(L: Any, Q: Any, X: Any, damping: float, continuation: bool, xp: Any) -> Any:
-    """Validated kernel (used by the trackers and preconditioners)."""
+def _damped_solve(
+    L: Any, Q: Any, X: Any, damping: float, continuation: bool, xp: Any, *, check_finite: bool = True
+) -> Any:
+    """Validated kernel (used by the trackers and preconditioners).
+
+    On a distributed backend X is materialised once (it is read twice), the small ``Q^T X``
+    is computed once and checked on the client (``check_finite``), and the result comes back
+    persisted, chunked like X.
+    """
+    be = _array.Backend.of(Q, xp)
     if continuation and L.shape[0]:
         low = xp.min(L)
-        damping = damping + float(low)
+        damping = damping + _array.to_floats(xp, low)[0]
         L = L - low
     vector = X.ndim == 1
     if vector:
         X = X[:, None]
+    if check_finite:
+        be.watch(("eigenvalues", L), ("eigenvectors", Q), ("X", X))
+    X = be.persist(X)
     coef = -L / (damping * (L + damping))
-    Y = Q @ (coef[:, None] * (Q.T @ X)) + X / damping
-    return Y[:, 0] if vector else Y
+    Y = be.matmul(Q, coef[:, None] * be.small(Q.T @ X)) + X / damping
+    return be.persist(Y[:, 0] if vector else Y)

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from _scripts import load_script
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"evidence_{name}", ROOT / "evidence" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script("evidence", name)
 
 
 @pytest.mark.slow

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -30,6 +32,13 @@ def test_readme_starts_with_exactly_two_commands_and_ci_runs_the_second():
 def test_demo_quick():
     out = _run("-m", "lowrank_online.demo", "--quick")
     assert "LowRankEMA" in out and "done in" in out
+    try:
+        import dask.array  # noqa: F401
+        import distributed  # noqa: F401
+    except ImportError:
+        assert "== dask ==" in out and "skipped" in out
+    else:
+        assert "Streaming PCA on Dask" in out and "max relative error" in out
 
 
 def test_bench_quick():
@@ -65,3 +74,25 @@ def test_cli_rejects_unknown_methods():
 def test_torch_embedding_example_runs():
     out = _run("examples/torch_embedding.py", "--epochs", "1")
     assert "test accuracy" in out and "Tensor" in out
+
+
+def test_dask_bench_plot_and_stream_footprint(tmp_path):
+    pytest.importorskip("dask.array")
+    pytest.importorskip("distributed")
+    figures = tmp_path / "bench.json"
+    out = _run("-m", "lowrank_online.bench", "dask", "--quick", "--ds", "20000,40000", "--batches", "2",
+               "--json", str(figures))
+    assert "svd_c T=2" in out and "Dask update" in out and "fitted exponent" in out
+    pytest.importorskip("matplotlib")
+    plot = _run("examples/dask_scaling_plot.py", "--from", str(figures), "--out", str(tmp_path / "scaling.png"))
+    assert "wrote" in plot and (tmp_path / "scaling.png").stat().st_size > 0
+    out = _run("-m", "lowrank_online.bench_dask", "--stream", "30")
+    assert "scheduler tasks" in out and "median" in out
+
+
+def test_dask_streaming_pca_example():
+    pytest.importorskip("dask.array")
+    pytest.importorskip("distributed")
+    out = _run("examples/dask_streaming_pca.py", "--features", "20000", "--batches", "3", "--rows", "5000",
+               "--check-features", "4000", "--memory-limit", "1GiB")
+    assert "exact check" in out and "max relative error" in out

@@ -48,16 +48,6 @@ def square(M: Any, name: str, xp: Any, *, check_finite: bool, size: int | None =
         raise ValueError(f"`{name}` must be {size} x {size}, got shape {tuple(M.shape)}")
 
 
-def symmetric(M: Any, name: str, xp: Any) -> None:
-    """Refuse a matrix whose asymmetry exceeds ``sqrt(eps) max|M|`` (as :func:`reigh` does)."""
-    if M.shape[0] == 0:
-        return
-    scale = float(xp.max(xp.abs(M)))
-    gap = float(xp.max(xp.abs(M - M.T)))
-    if gap > _array.eps(xp, M.dtype) ** 0.5 * scale:
-        raise ValueError(f"`{name}` must be symmetric; max |{name} - {name}^T| = {gap:.3g}")
-
-
 def shape_pair(value: Any, name: str) -> tuple[int, int]:
     """A ``(rows, cols)`` pair of positive integers."""
     try:

@@ -241,7 +241,7 @@ class KronSumInverse:
             _checks.square(D, "D", xp, check_finite=check_finite, size=q)
         for name, M in names:
             if M is not None:
-                _checks.symmetric(M, name, xp)
+                _array.check_symmetric(M, name, xp)
         damping = _array.check_real(damping, "damping", low=0.0)
         dtype = _array.result_dtype(xp, *(M for _, M in names))
         be = _array.Backend(xp, dev, dtype)
