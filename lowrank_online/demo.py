@@ -1,7 +1,7 @@
 """The main job: a short tour of the library's capabilities on the CPU, printing a report.
 
-``python -m lowrank_online.demo`` runs every section (about a minute on 2 cores);
-``--quick`` shrinks the sizes (seconds), ``--section NAME`` runs one section. Each section
+``python -m lowrank_online.demo`` runs every section (about a minute on 2 cores, 20 s more
+with Dask); ``--quick`` shrinks the sizes (seconds), ``--section NAME`` runs one section. Each section
 checks its result against a dense reference and prints the figures it measured. The ``dask``
 section (a streaming PCA on a two-process ``LocalCluster``) runs when ``dask[array]`` and
 ``distributed`` are installed (``pip install "lowrank_online[dask]"``) and is skipped otherwise.
