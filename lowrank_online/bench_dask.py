@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .bench import fitted_exponent, gemm_rate
+from .bench import best_time, fitted_exponent, gemm_rate
 from .brand import eigh_update
 
 RANK = BATCH = 64
@@ -63,13 +63,8 @@ def cluster(n_workers: int = 2) -> Iterator[Any]:
 
 
 def _best(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up: imports, worker caches, first-touch of the blocks
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    """Best of ``repeat`` calls after a warm-up (imports, worker caches, first touch of the blocks)."""
+    return best_time(fn, repeat, budget=math.inf)
 
 
 def dask_problem(d: int, rows: int, seed: int = 0) -> tuple[Any, Any, Any]:
