@@ -29,6 +29,7 @@ import array_api_compat.numpy as xp
 from lowrank_online import FisherBlockOperator, ekfac_factors, kfac_corrected, kfac_factors, kpsvd, tkfac_factors
 from lowrank_online.nn import MLP, Adam, SoftmaxCrossEntropy, load_dataset
 from lowrank_online.nn.data import batches
+from _publish import publish, pyplot
 
 METHODS = ("K-FAC", "KPSVD", "deflation", "Lanczos", "KFAC-corrected", "TKFAC", "EKFAC")
 
@@ -159,12 +160,8 @@ def table_rst(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: pathlib.Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(len(results), 2, figsize=(11, 3.6 * len(results)), squeeze=False)
     for row, res in zip(axes, results, strict=True):
@@ -191,12 +188,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = run(QUICK if args.quick else FULL)
     text = table_rst(results)
     print(text)
-    out = args.output_dir or (None if args.quick else str(pathlib.Path(__file__).resolve().parents[1] / "docs" / "evidence"))
-    if out:
-        folder = pathlib.Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "fisher_errors_table.rst").write_text(text)
-        plot(results, folder / "fisher_errors.png")
+    publish(text, results, plot, table="fisher_errors_table.rst", figure="fisher_errors.png",
+            output_dir=args.output_dir, quick=args.quick)
     print(f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)
     return results
 

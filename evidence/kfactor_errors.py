@@ -38,6 +38,7 @@ import array_api_compat.numpy as xp
 from lowrank_online.curvature import KFACPreconditioner
 from lowrank_online.nn import MLP, SGD, SoftmaxCrossEntropy, load_dataset
 from lowrank_online.nn.data import batches
+from _publish import publish, pyplot
 
 METRICS = ("inverse A", "inverse Gamma", "step norm", "step angle")
 
@@ -240,12 +241,8 @@ def table_rst(res: dict) -> str:
 
 
 def plot(res: dict, path: pathlib.Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
     for ax, i, title in zip(axes.ravel(), range(4), METRICS, strict=True):
@@ -277,13 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
     res = run(setup)
     text = table_rst(res)
     print(text)
-    out = args.output_dir or (None if args.quick else str(pathlib.Path(__file__).resolve().parents[1] / "docs" / "evidence"))
-    if out:
-        folder = pathlib.Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "kfactor_errors_table.rst").write_text(text)
-        if plot(res, folder / "kfactor_errors.png"):
-            print(f"wrote {folder / 'kfactor_errors.png'}")
+    publish(text, res, plot, table="kfactor_errors_table.rst", figure="kfactor_errors.png",
+            output_dir=args.output_dir, quick=args.quick)
     print(f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)
     return res
 

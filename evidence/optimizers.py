@@ -21,6 +21,7 @@ import numpy as np
 
 from lowrank_online.cli import build_parser, compare_table, run_compare
 from lowrank_online.curvature.methods import available_methods
+from _publish import publish, pyplot
 
 KFAC_FAMILY = ["kfac", "rkfac", "bkfac", "brkfac", "bkfacc"]
 EXTRA = ["ekfac", "tkfac", "kpsvd"]  # when the Kronecker toolkit is available
@@ -61,12 +62,8 @@ def table_rst(res: dict) -> str:
 
 
 def plot(res: dict, path: pathlib.Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, len(res), figsize=(6 * len(res), 4.2), squeeze=False)
     for ax, (data, r) in zip(axes[0], res.items(), strict=True):
@@ -96,12 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     res = run(args.quick)
     text = table_rst(res)
     print(text)
-    out = args.output_dir or (None if args.quick else str(pathlib.Path(__file__).resolve().parents[1] / "docs" / "evidence"))
-    if out:
-        folder = pathlib.Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "optimizers_table.rst").write_text(text)
-        plot(res, folder / "optimizers.png")
+    publish(text, res, plot, table="optimizers_table.rst", figure="optimizers.png",
+            output_dir=args.output_dir, quick=args.quick)
     print(f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)
     return res
 

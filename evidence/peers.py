@@ -62,7 +62,6 @@ from scipy.sparse.linalg import LinearOperator, svds  # noqa: E402
 import lowrank_online  # noqa: E402
 from lowrank_online import _array  # noqa: E402
 from lowrank_online import (  # noqa: E402
-    FisherBlockOperator,
     LowRankEMA,
     eigh_update,
     kpsvd,
@@ -72,6 +71,7 @@ from lowrank_online import (  # noqa: E402
     rsvd,
 )
 from lowrank_online.bench import fitted_exponent, gemm_rate  # noqa: E402
+from _publish import publish, pyplot  # noqa: E402
 
 SECTIONS = ("ea", "svd", "psd", "lanczos", "fisher")
 TITLES = {
@@ -1013,12 +1013,8 @@ def table_rst(res: dict) -> str:
 
 
 def plot(res: dict, path: pathlib.Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     rows, s = res["rows"], res["setup"]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
@@ -1082,13 +1078,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     res = run(setup, sections, memory=not args.no_memory, log=lambda m: print(m, file=sys.stderr, flush=True))
     text = table_rst(res)
     print(text)
-    out = args.output_dir or (None if args.quick else str(pathlib.Path(__file__).resolve().parents[1] / "docs" / "evidence"))
-    if out:
-        folder = pathlib.Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "peers_table.rst").write_text(text)
-        if plot(res, folder / "peers_scaling.png"):
-            print(f"wrote {folder / 'peers_table.rst'} and {folder / 'peers_scaling.png'}", file=sys.stderr)
+    publish(text, res, plot, table="peers_table.rst", figure="peers_scaling.png",
+            output_dir=args.output_dir, quick=args.quick)
     return res
 
 
