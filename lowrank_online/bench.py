@@ -22,28 +22,18 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from collections.abc import Callable
 
 import numpy as np
 
+from ._timing import timed
 from .brand import eigh_update
 
 
 def best_time(fn: Callable[[], object], repeat: int, budget: float = 20.0, warmup: bool = True) -> float:
     """Best wall time of ``repeat`` calls (fewer once ``budget`` seconds are spent), after one
     untimed warm-up call unless ``warmup=False``."""
-    if warmup:
-        fn()
-    best = math.inf
-    start = time.perf_counter()
-    for i in range(repeat):
-        if i and time.perf_counter() - start > budget:
-            break
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return timed(fn, repeat, warmup=warmup, budget=budget)[0]
 
 
 def gemm_rate(n: int = 4096, repeat: int = 5) -> float:

@@ -17,16 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import LowRankEMA, damped_solve, eigh_update, reigh, rsvd
-
-
-def _timed(fn: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
-    out = fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+from ._timing import timed
 
 
 def online_core(quick: bool) -> str:
@@ -48,9 +39,9 @@ def online_core(quick: bool) -> str:
     err = np.linalg.norm(exact - (Q * L) @ Q.T) / np.linalg.norm(exact)
     best = np.sqrt(np.sum(w[r + n :] ** 2)) / np.linalg.norm(w)
     orth = np.abs(Q.T @ Q - np.eye(Q.shape[1])).max()
-    t_eigh, _ = _timed(lambda: np.linalg.eigh(exact), 1)
+    t_eigh, _ = timed(lambda: np.linalg.eigh(exact), 1)
     L0, Q0 = L[:r], Q[:, :r]
-    t_upd, res = _timed(lambda: eigh_update(L0, Q0, A, decay=rho, weight=1 - rho))
+    t_upd, res = timed(lambda: eigh_update(L0, Q0, A, decay=rho, weight=1 - rho))
     return "\n".join(
         [
             f"LowRankEMA, d={d}, rank={r}, batch={n}, {steps} B-updates (paper 001, Alg. 4):",
@@ -72,8 +63,8 @@ def randomized(quick: bool) -> str:
     err = lambda vals: np.max(np.abs(vals - w) / w)  # noqa: E731
     # reigh's eigenvalue error decays like ratio^(2q+1), rsvd's like ratio^(4q+2): matched
     # accuracy needs reigh's n_iter about twice rsvd's (see reigh's Notes).
-    t_s, res_s = _timed(lambda: rsvd(X, k, n_iter=4, seed=0))
-    t_e, res_e = _timed(lambda: reigh(X, k, n_iter=9, seed=0))
+    t_s, res_s = timed(lambda: rsvd(X, k, n_iter=4, seed=0))
+    t_e, res_e = timed(lambda: reigh(X, k, n_iter=9, seed=0))
     lines = [
         f"Randomized decompositions of a {d}x{d} PSD matrix, rank {k}, at matched accuracy:",
         f"  rsvd  (n_iter=4) {1e3 * t_s:7.1f} ms, max rel. eigenvalue error {err(res_s.S):.1e}",
@@ -84,7 +75,7 @@ def randomized(quick: bool) -> str:
     except ImportError:
         lines.append("  (scikit-learn not installed: no peer comparison)")
     else:
-        t_p, (_, s_p, _) = _timed(lambda: randomized_svd(X, k, n_iter=4, random_state=0))
+        t_p, (_, s_p, _) = timed(lambda: randomized_svd(X, k, n_iter=4, random_state=0))
         lines.append(
             f"  sklearn randomized_svd (n_iter=4) {1e3 * t_p:.1f} ms, error {err(s_p):.1e}"
             f"  -> rsvd {t_p / t_s:.1f}x, reigh {t_p / t_e:.1f}x faster"
@@ -99,9 +90,9 @@ def solves(quick: bool) -> str:
     Q = np.linalg.qr(rng.standard_normal((d, r)))[0]
     L = np.sort(rng.gamma(2.0, size=r))[::-1].copy()
     X = rng.standard_normal((d, k))
-    t_l, Y = _timed(lambda: damped_solve(L, Q, X, 0.1, continuation=True))
+    t_l, Y = timed(lambda: damped_solve(L, Q, X, 0.1, continuation=True))
     M = (Q * (L - L.min())) @ Q.T + (0.1 + L.min()) * np.eye(d)
-    t_d, Y_ref = _timed(lambda: np.linalg.solve(M, X), 1)
+    t_d, Y_ref = timed(lambda: np.linalg.solve(M, X), 1)
     err = np.linalg.norm(Y - Y_ref) / np.linalg.norm(Y_ref)
     return (
         f"damped_solve with spectrum continuation, d={d}, r={r}, {k} right-hand sides:\n"

@@ -1,9 +1,10 @@
 """Shared problem builders and measurement helpers for the asv suite."""
 
 import math
-import time
 
 import numpy as np
+
+from lowrank_online._timing import timed
 
 # The paper's sizes (001, Sec. 6): target rank 220, batch 256.
 RANK, BATCH = 220, 256
@@ -25,13 +26,8 @@ def psd_matrix(d, k=RANK + BATCH, dtype=np.float64, seed=0):
 
 
 def best_time(fn, repeat=3):
-    fn()
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    """Best of ``repeat`` calls after a warm-up (the library's timer, as its bench script uses)."""
+    return timed(fn, repeat)[0]
 
 
 _GEMM = {}

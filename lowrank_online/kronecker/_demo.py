@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import numpy as np
 
+from .._timing import timed
 from .ekfac import ekfac_factors
 from .fisher import FisherBlockOperator
 from .kpsvd import kfac_corrected, kfac_factors, kpsvd
@@ -16,16 +14,6 @@ from .rearrange import nearest_kron
 from .tkfac import tkfac_factors
 
 __all__ = ["report"]
-
-
-def _timed(fn: Callable[[], object], repeat: int = 3, warm: bool = True) -> tuple[float, object]:
-    out = fn() if warm else None
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def mlp_layer_statistics(sizes: tuple[int, ...], n: int, layer: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +75,8 @@ def report(quick: bool = False) -> str:
     rng = np.random.default_rng(1)
     a2 = rng.standard_normal((256, d))
     g2 = np.tanh(a2 @ rng.standard_normal((d, d)) / np.sqrt(d)) * (1.0 + a2[:, :1] ** 2)
-    t_free, ks = _timed(lambda: kpsvd(a2, g2, tol=1e-8))
-    t_dense, ref = _timed(lambda: nearest_kron(FisherBlockOperator(a2, g2).to_dense(), (d, d), (d, d)), 1, False)
+    t_free, ks = timed(lambda: kpsvd(a2, g2, tol=1e-8))
+    t_dense, ref = timed(lambda: nearest_kron(FisherBlockOperator(a2, g2).to_dense(), (d, d), (d, d)), 1, warmup=False)
     big = FisherBlockOperator(a2, g2)
     e_free, e_dense = big.minus(ks).frobenius_norm(), big.minus(ref).frobenius_norm()
     lines.append(
@@ -100,12 +88,12 @@ def report(quick: bool = False) -> str:
     two = kpsvd(a, g, terms=2, method="lanczos", tol=1e-10)
     solver = KronSumInverse.from_kronsum(two, damping=1e-3)
     V = rng.standard_normal((g.shape[1], a.shape[1]))
-    t_solve, X = _timed(lambda: solver.apply(V))
+    t_solve, X = timed(lambda: solver.apply(V))
     s = np.sqrt(1e-3)
     L1 = two.left[0] + solver.pi * s * np.eye(g.shape[1])
     R1 = two.right[0] + s / solver.pi * np.eye(a.shape[1])
     M = np.kron(L1, R1) + np.kron(two.left[1], two.right[1])
-    t_ref, Y = _timed(lambda: np.linalg.solve(M, V.reshape(-1)))
+    t_ref, Y = timed(lambda: np.linalg.solve(M, V.reshape(-1)))
     lines.append(
         f"  (L1⊗R1 + L2⊗R2 + damping) solve: {1e3 * t_solve:.2f} ms vs numpy.linalg.solve {1e3 * t_ref:.1f} ms, "
         f"relative difference {np.linalg.norm(X.reshape(-1) - Y) / np.linalg.norm(Y):.0e}"
