@@ -671,8 +671,9 @@ def diagnose(s: Setup, rows: list[dict], log=print) -> list[tuple[str, float, fl
     """Where the time of the randomized methods goes, at the largest size (one thread).
 
     The pieces are timed as the library and scikit-learn compute them, in the same
-    interleaved rounds as the whole calls: reigh's symmetry check, the finiteness check, and
-    one product with an (k + oversample)-column block in each of the three layouts.
+    interleaved rounds as the whole calls: reigh's symmetry test on its first sketch (and the
+    entrywise test it replaced), the finiteness check, and one product with an
+    (k + oversample)-column block in each of the three layouts.
     """
     d = max(s.rand_sizes)
     r = find(rows, "psd", "reigh", d, s.threads)
@@ -681,9 +682,13 @@ def diagnose(s: Setup, rows: list[dict], log=print) -> list[tuple[str, float, fl
     X = rand_inputs(d, s, psd=True)["X"]
     k, p = s.rand_k, s.rand_oversample
     om = np.random.default_rng(0).standard_normal((d, k + p))
+    Y0 = X @ om
     fns = {
         f"reigh, n_iter={r['setting']} (whole call)": lambda: reigh(X, k, oversample=p, n_iter=r["setting"], seed=0),
-        "reigh's symmetry check (blocked, as the library runs it)": lambda: _array.check_symmetric(X, "X", np),
+        "reigh's symmetry test on the sketch G^T (X G) (as the library runs it)": lambda: (
+            _array.check_symmetric_sketch(om.T @ Y0, "X", np, float(np.finfo(X.dtype).eps))),
+        "the entrywise symmetry test (blocked; reigh's before the sketch test)": lambda: _array.check_symmetric(
+            X, "X", np),
         "the same check unblocked: max|X| and max|X - X^T|": lambda: (np.max(np.abs(X)), np.max(np.abs(X - X.T))),
         "finiteness check: all(isfinite(X))": lambda: bool(np.all(np.isfinite(X))),
         "one product X @ Omega": lambda: X @ om,

@@ -235,6 +235,29 @@ def check_symmetric(X: Any, name: str, xp: Any) -> None:
         )
 
 
+def check_symmetric_sketch(C: Any, name: str, xp: Any, eps_x: float) -> None:
+    """Raise ``ValueError`` naming ``X`` when the sketch ``C = G^T X G`` shows X is not symmetric.
+
+    ``G`` (d x k, k >= 2) must have independent standard Gaussian columns, drawn independently
+    of X. For ``i != j`` and any matrix A, ``E[(g_i^T A g_j)^2] = |A|_F^2``; so
+    ``|C - C^T|_F / |offdiag(C)|_F`` estimates ``|X - X^T|_F / |X|_F`` from ``k (k - 1)``
+    samples, and X is refused when the estimate exceeds ``sqrt(eps_x)`` (``eps_x``: the
+    machine epsilon of X's dtype, whatever the core's dtype is). The diagonal of C is
+    left out of the scale: it carries ``trace(X)``, which would dilute the test by up to
+    ``sqrt(d / k)`` on a flat spectrum. Cost ``O(k^2)`` on the small core; the caller pays
+    ``2 d k^2`` for ``C`` from a product it computes anyway, where the entrywise
+    :func:`check_symmetric` reads X once more (about one product's time).
+    """
+    k = C.shape[0]
+    off = C * (1.0 - xp.eye(k, dtype=C.dtype, device=device(C)))
+    gap, scale = to_floats(xp, xp.linalg.matrix_norm(C - C.T), xp.linalg.matrix_norm(off))
+    if gap > eps_x**0.5 * scale:
+        raise ValueError(
+            f"`{name}` must be symmetric; |{name} - {name}^T|_F / |{name}|_F is about {gap / scale:.3g} "
+            "(estimated from the first sketch), above sqrt(eps)"
+        )
+
+
 def check_finite(x: Any, name: str, xp: Any) -> None:
     """Raise ``ValueError`` naming ``x`` if it holds NaN or infinity.
 

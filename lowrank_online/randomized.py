@@ -163,7 +163,7 @@ def reigh(
     ----------
     X : array or operator, shape (d, d)
         Symmetric positive semi-definite matrix, or an operator providing ``matmat`` (see
-        :mod:`lowrank_online.operators`). Symmetry of an array is checked; positive
+        :mod:`lowrank_online.operators`). Symmetry is checked (see Notes); positive
         semi-definiteness is not (an indefinite X gives a meaningless result).
     rank : int
         Number of eigenpairs returned, ``1 <= rank <= d``.
@@ -201,6 +201,15 @@ def reigh(
     ``(q + 1)`` products with a k-column block (``2 d^2 k`` flops each for a dense X) plus
     ``O(d k^2)``. Falls back to the dense ``eigh`` when ``k >= 0.8 d``.
 
+    The symmetry test costs no pass over X of its own. The first power iteration multiplies
+    X by the Gaussian test matrix G; for ``i != j``, ``E[(g_i^T A g_j)^2] = |A|_F^2``, so the
+    off-diagonal part of ``G^T X G`` and of its antisymmetric part estimate ``|X|_F`` and
+    ``|X - X^T|_F`` from ``k (k - 1)`` samples. X (array or operator) is refused with a
+    ``ValueError`` when the estimated ``|X - X^T|_F / |X|_F`` exceeds ``sqrt(eps)``. Without
+    such a sketch (``n_iter=0``, whose only product is with an orthonormalised G; ``k = 1``;
+    or the dense path) an array gets the entrywise test ``max |X - X^T| <= sqrt(eps) max |X|``
+    instead, one blocked read of X, and an operator is not tested.
+
     A Dask ``X`` chunked by rows gives eigenvectors chunked the same way; the d x k test
     matrix is drawn on the client block by block in NumPy's order, so a seed gives the NumPy
     result for any chunking, and the client never holds more than one block of it.
@@ -226,13 +235,15 @@ def reigh(
     d, d2 = op.shape
     if d != d2:
         raise ValueError(f"`X` must be square (symmetric PSD), got shape {op.shape}")
-    if op.is_array:
-        _array.check_symmetric(op.array, "X", xq)
     rank, oversample, n_iter = _check_common(rank, oversample, n_iter, d)
     rng = _array.as_generator(seed)
     k = min(rank + oversample, d)
     be = _backend(op, check_finite)
-    if k >= _DENSE_FRACTION * d:
+    dense = k >= _DENSE_FRACTION * d
+    if op.is_array and (dense or n_iter == 0 or k < 2):
+        # No Gaussian sketch of X to test (see Notes): the entrywise test, one read of X.
+        _array.check_symmetric(op.array, "X", xq)
+    if dense:
         Xl, lxp = be.local(op.dense())
         w, V = _linalg.small_eigh(Xl, lxp)
         V, _ = _linalg.flip_signs(V[:, :rank] * 1.0, lxp)
@@ -245,15 +256,27 @@ def _nystrom(op: Any, rank: int, k: int, n_iter: int, rng: Any, be: _array.Backe
     d = op.shape[0]
     cxp = be.cxp
     omega = be.normal(rng, (d, k))
+    sketch = None
     for i in range(n_iter):
-        omega = _linalg.orthonormalize(op.symmetric_matmat(omega), be, passes=2 if i == n_iter - 1 else 1)
+        Y = op.symmetric_matmat(omega)
+        if i == 0 and k >= 2:
+            # G^T X G of the Gaussian G: the symmetry test at 2 d k^2 flops (fetched with the
+            # final core, one round trip on a distributed backend).
+            Y = be.persist(Y)
+            sketch = omega.T @ Y
+        omega = _linalg.orthonormalize(Y, be, passes=2 if i == n_iter - 1 else 1)
     if n_iter == 0:
         omega = _linalg.orthonormalize(omega, be, passes=2)
     # Y is read three times (its norm, the core omega^T Y and F): materialised once.
     Y = be.persist(op.symmetric_matmat(omega))
     nu = (d**0.5) * be.eps * _array.to_floats(xp, xp.linalg.vector_norm(Y))[0]
     Y = Y + nu * omega
-    beta, V = _linalg.small_eigh(be.to_core(omega.T @ Y), cxp)
+    if sketch is None:
+        core = be.to_core(omega.T @ Y)
+    else:
+        core, sketch = be.to_core(omega.T @ Y, sketch)
+        _array.check_symmetric_sketch(sketch, "X", cxp, be.eps)
+    beta, V = _linalg.small_eigh(core, cxp)
     keep = be.count(beta > 0.0)
     F = be.matmul(Y, be.from_core(V[:, :keep] / cxp.sqrt(beta[:keep])[None, :]))
     U, s, _ = _linalg.tall_svd(F, be)

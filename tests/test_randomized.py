@@ -203,6 +203,53 @@ def test_randomized_rejects_bad_input(xp, call, error, match):
         call(xp, X)
 
 
+@pytest.mark.parametrize("operator", [False, True], ids=["array", "operator"])
+def test_reigh_refuses_an_asymmetric_matrix_from_its_first_sketch(xp, operator):
+    """The sketch test (no pass over X of its own) refuses arrays and operators alike."""
+    rng = np.random.default_rng(12)
+    B = rng.standard_normal((80, 80))
+    P = B @ B.T
+    bad = P + 1e-5 * np.linalg.norm(P) * np.triu(rng.standard_normal((80, 80))) / 80
+    X = asarray(xp, bad)
+    with pytest.raises(ValueError, match=r"`X` must be symmetric; .*estimated from the first sketch"):
+        reigh(_Operator(X, xp) if operator else X, 4, n_iter=1, seed=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_reigh_sketch_symmetry_test_separates_rounding_from_real_asymmetry(dtype):
+    """Over 20 seeds: an asymmetric part 100x above sqrt(eps) (relative, Frobenius) is always
+    refused; one 100x below it, far above rounding, is always accepted."""
+    rng = np.random.default_rng(13)
+    d = 300
+    Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    P = (Q * 0.97 ** np.arange(d)) @ Q.T
+    P = (P + P.T) / 2
+    S = rng.standard_normal((d, d))
+    S = (S - S.T) / np.linalg.norm(S - S.T)  # unit antisymmetric direction
+    root_eps = float(np.finfo(dtype).eps) ** 0.5
+    for factor, refused in ((100.0, True), (0.01, False)):
+        X = (P + factor * root_eps * np.linalg.norm(P) * S).astype(dtype)
+        for seed in range(20):
+            if refused:
+                with pytest.raises(ValueError, match="must be symmetric"):
+                    reigh(X, 5, oversample=5, n_iter=1, seed=seed)
+            else:
+                reigh(X, 5, oversample=5, n_iter=1, seed=seed)
+
+
+def test_reigh_tests_symmetry_entrywise_when_there_is_no_sketch():
+    """n_iter=0 (orthonormalised G), a one-column sketch and the dense path: arrays get the
+    entrywise test; symmetric input passes all three."""
+    rng = np.random.default_rng(14)
+    B = rng.standard_normal((60, 60))
+    P = B @ B.T
+    bad = P + 1e-3 * np.triu(np.ones((60, 60)))
+    for kwargs in ({"rank": 4, "n_iter": 0}, {"rank": 1, "oversample": 0}, {"rank": 50}):
+        with pytest.raises(ValueError, match=r"max \|X - X\^T\|"):
+            reigh(bad, seed=0, **kwargs)
+        reigh(P, seed=0, **kwargs)
+
+
 def test_operator_returning_wrong_shape_is_reported():
     import array_api_compat.numpy as xp
 
