@@ -22,6 +22,24 @@ def test_kfactor_error_study_findings_hold():
 
 
 @pytest.mark.slow
+def test_kfactor_rank_probe_shows_rkfac_error_is_its_rank_not_its_evd():
+    """The follow-up the notes cite: more power iterations or oversampling leave r-kfac's A
+    error where it is (the EVD has converged); full rank removes most of it; b-kfac applies
+    rank r + n."""
+    study = _script("kfactor_errors")
+    s = study.QUICK
+    rows = {row["name"].split(" ", 2)[-1] if row["name"].startswith("r-kfac") else row["name"]: row
+            for row in study.rank_probe(s)}
+    base = rows["n_iter=4"]["metrics"][0]
+    for label in ("n_iter=8", "n_iter=16", "oversample=64"):
+        assert abs(rows[label]["metrics"][0] - base) <= 0.05 * base, (label, rows[label]["metrics"])
+        assert rows[label]["rank"] == s.rank
+    assert rows["full rank"]["metrics"][0] < 0.1 * base
+    assert rows["b-kfac"]["rank"] == s.rank + s.batch
+    assert rows["b-kfac"]["last"] < 0.1 * rows["n_iter=4"]["last"]
+
+
+@pytest.mark.slow
 def test_optimizer_comparison_runs_and_every_method_learns(tmp_path):
     study = _script("optimizers")
     res = study.main(["--quick", "--output-dir", str(tmp_path)])
