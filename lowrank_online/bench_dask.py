@@ -17,7 +17,9 @@ of one thread each. Then it prints, from that one run:
 
 ``--json PATH`` also writes the figures, for ``examples/dask_scaling_plot.py``. ``--stream N``
 prints instead the footprint of a stream of N small :class:`LowRankEMA` updates: the held
-basis' graph, the scheduler's task records and the workers' memory along the stream.
+basis' graph, the scheduler's task records and the workers' memory along the stream, with
+the two per-computation records that ``distributed`` itself keeps (the workers' cumulative
+performance-metric entries and the scheduler's spans).
 """
 
 from __future__ import annotations
@@ -134,11 +136,19 @@ def _scheduler_tasks(dask_scheduler: Any) -> int:
     return len(dask_scheduler.tasks)
 
 
+def _scheduler_spans(dask_scheduler: Any) -> int:
+    spans = dask_scheduler.extensions.get("spans")
+    return len(getattr(spans, "spans", ()))
+
+
 def _worker_memory(dask_worker: Any) -> dict[str, int]:
     import psutil
 
     managed = sum(dask_worker.data.fast.weights.values()) if hasattr(dask_worker.data, "fast") else 0
-    return {"keys": len(dask_worker.data), "managed": managed, "rss": psutil.Process().memory_info().rss}
+    # distributed's cumulative performance metrics, keyed by span (one span per computation)
+    metrics = len(getattr(dask_worker, "digests_total", ())) + len(getattr(dask_worker, "digests_max", ()))
+    return {"keys": len(dask_worker.data), "managed": managed, "rss": psutil.Process().memory_info().rss,
+            "metrics": metrics}
 
 
 def stream_footprint(updates: int = 1000, d: int = 20_000, rows: int = 10_000, rank: int = 16,
@@ -171,6 +181,8 @@ def stream_footprint(updates: int = 1000, d: int = 20_000, rows: int = 10_000, r
                     "keys": sum(w["keys"] for w in workers.values()),
                     "managed": sum(w["managed"] for w in workers.values()),
                     "rss": [w["rss"] for w in workers.values()],
+                    "metrics": sum(w["metrics"] for w in workers.values()),
+                    "spans": client.run_on_scheduler(_scheduler_spans),
                 }
     return {"updates": updates, "d": d, "rows": rows, "rank": rank, "n": n,
             "median": float(np.median(times)), "marks": seen}
@@ -181,11 +193,12 @@ def stream_report(res: dict[str, Any]) -> str:
         f"stream of {res['updates']} LowRankEMA updates: d = {res['d']} in blocks of {res['rows']} rows, "
         f"rank {res['rank']}, batches of {res['n']}; median {res['median'] * 1e3:.0f} ms per update",
         f"{'update':>7} {'graph keys':>10} {'scheduler tasks':>16} {'worker keys':>12} {'managed MiB':>12} "
-        f"{'worker RSS MiB':>16}",
+        f"{'worker RSS MiB':>16} {'metric entries':>15} {'spans':>6}",
     ]
     for k, m in sorted(res["marks"].items()):
         rss = " / ".join(f"{r / 2**20:.0f}" for r in m["rss"])
-        lines.append(f"{k:>7} {m['graph']:>10} {m['tasks']:>16} {m['keys']:>12} {m['managed'] / 2**20:>12.2f} {rss:>16}")
+        lines.append(f"{k:>7} {m['graph']:>10} {m['tasks']:>16} {m['keys']:>12} {m['managed'] / 2**20:>12.2f} {rss:>16} "
+                     f"{m['metrics']:>15} {m['spans']:>6}")
     return "\n".join(lines)
 
 

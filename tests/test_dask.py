@@ -411,6 +411,15 @@ def test_numpy_tall_factor_mixed_with_a_dask_one_is_refused(client):
     assert ema.n_updates == 3
 
 
+def test_reigh_on_dask_refuses_an_asymmetric_matrix_from_its_first_sketch(client):
+    """The sketch G^T X G comes back with the final core: no pass over X of its own."""
+    B = np.random.default_rng(15).standard_normal((200, 30))
+    M = B @ B.T
+    reigh(_dask(M), 2, seed=0)
+    with pytest.raises(ValueError, match="`X` must be symmetric; .*estimated from the first sketch"):
+        reigh(_dask(M + np.triu(np.ones_like(M))), 2, seed=0)
+
+
 @pytest.mark.parametrize("dtype_name", ["float64", "float32"])
 def test_non_finite_values_found_on_the_small_core_name_the_argument(client, dtype_name):
     rng = np.random.default_rng(13)
