@@ -21,7 +21,8 @@ is measured on the same statistics.
 ``python evidence/kfactor_errors.py`` regenerates ``docs/evidence/kfactor_errors_table.rst`` (table and
 findings) and ``kfactor_errors.png`` (curves) in a few minutes on 2 CPU cores. ``--quick`` runs
 a small instance in seconds; the tests run it and assert the findings recorded in
-``FINDINGS``.
+``FINDINGS``. ``--rank-probe`` runs only the follow-up on r-kfac's A error (one seed, printed):
+r-kfac at more power iterations, more oversampling and full rank, next to b-kfac.
 """
 
 from __future__ import annotations
