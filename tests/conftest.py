@@ -127,6 +127,34 @@ def assert_matrix_close(actual, expected, dtype_name, factor=1.0):
     assert err <= RTOL[dtype_name] * factor * scale, f"relative error {err / scale:.3g} > {RTOL[dtype_name] * factor:.3g}"
 
 
+def random_basis(rng, d, r):
+    """A d x r orthonormal NumPy basis (r may be 0)."""
+    Q, _ = np.linalg.qr(rng.standard_normal((d, max(r, 1))))
+    return Q[:, :r]
+
+
+def increment_block(rng, Q, n, structure, *, scale_range=(0.0, -8.0)):
+    """A d x n increment against the basis Q that exercises a path of the complement.
+
+    ``generic``; ``duplicate`` (repeated columns); ``zero`` (a zero column); ``in_span`` (half
+    the columns inside span(Q)); ``scaled`` (columns scaled by ``logspace(*scale_range, n)``);
+    ``tiny`` (everything scaled by 1e-6).
+    """
+    d = Q.shape[0]
+    A = rng.standard_normal((d, n))
+    if structure == "duplicate" and n >= 2:
+        A[:, n // 2 :] = A[:, : n - n // 2]
+    elif structure == "zero":
+        A[:, 0] = 0.0
+    elif structure == "in_span" and Q.shape[1]:
+        A[:, : max(1, n // 2)] = Q @ rng.standard_normal((Q.shape[1], max(1, n // 2)))
+    elif structure == "scaled":
+        A *= np.logspace(*scale_range, n)
+    elif structure == "tiny":
+        A *= 1e-6
+    return A
+
+
 def reference_flip(V: np.ndarray) -> np.ndarray:
     """The library's sign convention applied to a NumPy reference basis."""
     V = np.array(V, dtype=float)

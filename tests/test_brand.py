@@ -15,33 +15,14 @@ from conftest import (
     assert_backend,
     assert_matrix_close,
     assert_orthonormal,
+    increment_block,
+    random_basis,
     reference_flip,
     to_np,
 )
 from lowrank_online import eigh_update, svd_update
 
 STRUCTURES = ["generic", "duplicate", "zero", "in_span", "scaled", "tiny"]
-
-
-def _basis(rng, d, r):
-    Q, _ = np.linalg.qr(rng.standard_normal((d, max(r, 1))))
-    return Q[:, :r]
-
-
-def _block(rng, Q, n, structure):
-    d = Q.shape[0]
-    A = rng.standard_normal((d, n))
-    if structure == "duplicate" and n >= 2:
-        A[:, n // 2 :] = A[:, : n - n // 2]
-    elif structure == "zero":
-        A[:, 0] = 0.0
-    elif structure == "in_span" and Q.shape[1]:
-        A[:, : max(1, n // 2)] = Q @ rng.standard_normal((Q.shape[1], max(1, n // 2)))
-    elif structure == "scaled":
-        A *= np.logspace(0, -8, n)
-    elif structure == "tiny":
-        A *= 1e-6
-    return A
 
 
 def _cast(a, dtype_name):
@@ -57,9 +38,9 @@ def test_eigh_update_matches_dense_eigh(xp, dtype_name, d, data):
     decay = data.draw(st.sampled_from([1.0, 0.95, 0.3]), label="decay")
     weight = data.draw(st.sampled_from([1.0, 0.05, 2.0]), label="weight")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
-    Q = _basis(rng, d, r)
+    Q = random_basis(rng, d, r)
     L = np.sort(rng.gamma(2.0, size=r))[::-1]
-    A = _block(rng, Q, n, structure)
+    A = increment_block(rng, Q, n, structure)
 
     res = eigh_update(asarray(xp, L, dtype_name), asarray(xp, Q, dtype_name), asarray(xp, A, dtype_name),
                       decay=decay, weight=weight)
@@ -82,7 +63,7 @@ def test_eigh_update_matches_dense_eigh(xp, dtype_name, d, data):
 def test_eigh_update_signs_follow_convention_of_dense_reference(xp):
     rng = np.random.default_rng(3)
     d, r, n = 40, 6, 4
-    Q = _basis(rng, d, r)
+    Q = random_basis(rng, d, r)
     L = np.linspace(10.0, 5.0, r)
     A = rng.standard_normal((d, n))
     res = eigh_update(asarray(xp, L), asarray(xp, Q), asarray(xp, A))
@@ -93,7 +74,7 @@ def test_eigh_update_signs_follow_convention_of_dense_reference(xp):
 
 def test_eigh_update_is_deterministic(xp):
     rng = np.random.default_rng(4)
-    Q, A = _basis(rng, 30, 5), rng.standard_normal((30, 3))
+    Q, A = random_basis(rng, 30, 5), rng.standard_normal((30, 3))
     args = (asarray(xp, np.arange(5.0, 0.0, -1.0)), asarray(xp, Q), asarray(xp, A))
     one, two = eigh_update(*args), eigh_update(*args)
     assert np.array_equal(to_np(one.eigenvectors), to_np(two.eigenvectors))
@@ -104,7 +85,7 @@ def test_eigh_update_is_deterministic(xp):
 def test_eigh_update_rank_keeps_best_rank_k(xp, k):
     rng = np.random.default_rng(5)
     d, r, n = 25, 5, 4
-    Q, L = _basis(rng, d, r), np.array([9.0, 7.0, 5.0, 3.0, 1.0])
+    Q, L = random_basis(rng, d, r), np.array([9.0, 7.0, 5.0, 3.0, 1.0])
     A = rng.standard_normal((d, n))
     res = eigh_update(asarray(xp, L), asarray(xp, Q), asarray(xp, A), rank=k)
     X = Q @ np.diag(L) @ Q.T + A @ A.T
@@ -120,7 +101,7 @@ def test_eigh_update_rank_keeps_best_rank_k(xp, k):
 def test_eigh_update_with_n_at_least_d_minus_r_is_exact(xp):
     rng = np.random.default_rng(6)
     d, r, n = 12, 8, 9  # n >= d - r: the complement has rank d - r < n
-    Q, L = _basis(rng, d, r), np.linspace(4.0, 1.0, r)
+    Q, L = random_basis(rng, d, r), np.linspace(4.0, 1.0, r)
     A = rng.standard_normal((d, n))
     res = eigh_update(asarray(xp, L), asarray(xp, Q), asarray(xp, A))
     X = Q @ np.diag(L) @ Q.T + A @ A.T
@@ -132,7 +113,7 @@ def test_eigh_update_with_n_at_least_d_minus_r_is_exact(xp):
 
 def test_eigh_update_empty_block_and_zero_weight_only_decay(xp):
     rng = np.random.default_rng(7)
-    Q, L = _basis(rng, 10, 3), np.array([1.0, 3.0, 2.0])
+    Q, L = random_basis(rng, 10, 3), np.array([1.0, 3.0, 2.0])
     for A, weight in ((np.zeros((10, 0)), 1.0), (rng.standard_normal((10, 2)), 0.0)):
         res = eigh_update(asarray(xp, L), asarray(xp, Q), asarray(xp, A), decay=0.5, weight=weight)
         np.testing.assert_allclose(to_np(res.eigenvalues), [1.5, 1.0, 0.5])
@@ -149,7 +130,7 @@ def test_eigh_update_float32_overflow_is_retried_in_float64():
     import array_api_compat.numpy as xp
 
     rng = np.random.default_rng(8)
-    Q = _basis(rng, 20, 2).astype(np.float32)
+    Q = random_basis(rng, 20, 2).astype(np.float32)
     A = (1e20 * rng.standard_normal((20, 3))).astype(np.float32)  # A^T A overflows float32
     with np.errstate(over="ignore", invalid="ignore"):
         res = eigh_update(xp.asarray(np.ones(2, np.float32)), xp.asarray(Q), xp.asarray(A), weight=1e-12)
@@ -165,7 +146,7 @@ def test_eigh_update_never_allocates_a_d_by_d_matrix():
 
     rng = np.random.default_rng(9)
     d, r, n = 4000, 10, 6
-    Q, A = _basis(rng, d, r), rng.standard_normal((d, n))
+    Q, A = random_basis(rng, d, r), rng.standard_normal((d, n))
     L = xp.asarray(np.linspace(2, 1, r))
     Q, A = xp.asarray(Q), xp.asarray(A)
     tracemalloc.start()
@@ -185,9 +166,9 @@ def test_svd_update_matches_dense_svd(xp, dtype_name, m, d, data):
     n = data.draw(st.integers(1, 8), label="n")
     structure = data.draw(st.sampled_from(STRUCTURES), label="structure")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
-    U, V = _basis(rng, m, r), _basis(rng, d, r)
+    U, V = random_basis(rng, m, r), random_basis(rng, d, r)
     S = np.sort(rng.gamma(2.0, size=r))[::-1]
-    A, B = _block(rng, U, n, structure), _block(rng, V, n, structure)
+    A, B = increment_block(rng, U, n, structure), increment_block(rng, V, n, structure)
 
     res = svd_update(*(asarray(xp, a, dtype_name) for a in (U, S, V.T, A, B)))
     Uc, Sc, Vc, Ac, Bc = (_cast(a, dtype_name) for a in (U, S, V, A, B))
@@ -208,7 +189,7 @@ def test_svd_update_matches_dense_svd(xp, dtype_name, m, d, data):
 def test_svd_update_rank_and_signs(xp):
     rng = np.random.default_rng(10)
     m, d, r, n, k = 30, 20, 4, 3, 5
-    U, V = _basis(rng, m, r), _basis(rng, d, r)
+    U, V = random_basis(rng, m, r), random_basis(rng, d, r)
     S = np.array([8.0, 6.0, 4.0, 2.0])
     A, B = rng.standard_normal((m, n)), rng.standard_normal((d, n))
     res = svd_update(*(asarray(xp, a) for a in (U, S, V.T, A, B)), rank=k)
@@ -230,7 +211,7 @@ def test_svd_update_accepts_vectors(xp):
 # --------------------------------------------------------------------------------------------
 def _eigh_args(xp, **over):
     rng = np.random.default_rng(11)
-    args = {"eigenvalues": np.array([2.0, 1.0]), "eigenvectors": _basis(rng, 6, 2), "A": rng.standard_normal((6, 3))}
+    args = {"eigenvalues": np.array([2.0, 1.0]), "eigenvectors": random_basis(rng, 6, 2), "A": rng.standard_normal((6, 3))}
     args.update(over)
     return {k: (asarray(xp, v) if isinstance(v, np.ndarray) else v) for k, v in args.items()}
 

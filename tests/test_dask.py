@@ -25,7 +25,7 @@ distributed = pytest.importorskip("distributed")
 
 import array_api_compat.dask.array as dxp  # noqa: E402
 
-from conftest import assert_matrix_close, assert_orthonormal, to_np  # noqa: E402
+from conftest import assert_matrix_close, assert_orthonormal, increment_block, random_basis, to_np  # noqa: E402
 from lowrank_online import (  # noqa: E402
     DecompositionError,
     LowRankEMA,
@@ -37,6 +37,7 @@ from lowrank_online import (  # noqa: E402
     save_state,
     svd_update,
 )
+from lowrank_online.bench_dask import _scheduler_tasks, _worker_memory  # noqa: E402  (the bench's probes)
 
 CHUNK = 96  # rows per block: several blocks, and a ragged last one
 
@@ -68,25 +69,6 @@ def _dask(x, chunk=CHUNK):
     return arr.persist()
 
 
-def _basis(rng, d, r):
-    Q, _ = np.linalg.qr(rng.standard_normal((d, max(r, 1))))
-    return Q[:, :r]
-
-
-def _block(rng, Q, n, structure):
-    """Increments that exercise every path of the complement (see test_brand.py)."""
-    d = Q.shape[0]
-    A = rng.standard_normal((d, n))
-    if structure == "duplicate":
-        A[:, n // 2 :] = A[:, : n - n // 2]
-    elif structure == "zero":
-        A[:, 0] = 0.0
-    elif structure == "in_span":
-        A[:, : max(1, n // 2)] = Q @ rng.standard_normal((Q.shape[1], max(1, n // 2)))
-    elif structure == "scaled":
-        A *= np.logspace(-6, 6, n)[None, :]
-    return A
-
 
 def _is_dask(x, chunks=None):
     assert isinstance(x, da.Array), type(x)
@@ -110,9 +92,9 @@ def test_eigh_update_on_dask_equals_numpy(client, dtype_name, structure):
     rng = np.random.default_rng(1)
     d, r, n = 500, 12, 6
     dt = np.dtype(dtype_name)
-    Q = _basis(rng, d, r).astype(dt)
+    Q = random_basis(rng, d, r).astype(dt)
     L = np.sort(rng.gamma(2.0, size=r))[::-1].astype(dt)
-    A = _block(rng, Q.astype(float), n, structure).astype(dt)
+    A = increment_block(rng, Q.astype(float), n, structure, scale_range=(-6.0, 6.0)).astype(dt)
     ref = eigh_update(L, Q, A, decay=0.9, weight=0.3)
     res = eigh_update(_dask(L), _dask(Q), _dask(A), decay=0.9, weight=0.3)
     V = _is_dask(res.eigenvectors, _dask(Q).chunks[0])
@@ -149,7 +131,7 @@ def test_svd_update_on_dask_equals_numpy(client, dtype_name):
     rng = np.random.default_rng(3)
     m, d, r, n = 400, 350, 8, 5
     dt = np.dtype(dtype_name)
-    U, V = _basis(rng, m, r).astype(dt), _basis(rng, d, r).astype(dt)
+    U, V = random_basis(rng, m, r).astype(dt), random_basis(rng, d, r).astype(dt)
     S = np.sort(rng.gamma(2.0, size=r))[::-1].astype(dt)
     A, B = rng.standard_normal((m, n)).astype(dt), rng.standard_normal((d, n)).astype(dt)
     ref = svd_update(U, S, V.T, A, B, rank=10)
@@ -200,7 +182,7 @@ def test_reigh_on_dask_equals_numpy_for_the_same_seed(client, case):
 def test_damped_solve_on_dask_equals_numpy(client, continuation):
     rng = np.random.default_rng(7)
     d, r = 500, 9
-    Q, L = _basis(rng, d, r), np.sort(rng.gamma(2.0, size=r))[::-1].copy()
+    Q, L = random_basis(rng, d, r), np.sort(rng.gamma(2.0, size=r))[::-1].copy()
     X = rng.standard_normal((d, 4))
     ref = damped_solve(L, Q, X, 0.3, continuation=continuation)
     res = damped_solve(_dask(L), _dask(Q), _dask(X), 0.3, continuation=continuation)
@@ -251,10 +233,6 @@ def test_gaussian_draws_on_dask_are_the_numpy_draws(client):
 # --------------------------------------------------------------------------------------------
 # long streams: orthonormality, a bounded graph, bounded worker memory
 # --------------------------------------------------------------------------------------------
-def _scheduler_tasks(dask_scheduler):
-    return len(dask_scheduler.tasks)
-
-
 def _settled_scheduler_tasks(client, held, timeout=30.0):
     """The scheduler's task count once it has forgotten what the client released.
 
@@ -268,13 +246,6 @@ def _settled_scheduler_tasks(client, held, timeout=30.0):
         if count <= held or time.monotonic() > deadline:
             return count
         time.sleep(0.05)
-
-
-def _worker_memory(dask_worker):
-    import psutil
-
-    managed = sum(dask_worker.data.fast.weights.values()) if hasattr(dask_worker.data, "fast") else 0
-    return {"keys": len(dask_worker.data), "managed": managed, "rss": psutil.Process().memory_info().rss}
 
 
 @pytest.mark.slow
@@ -359,7 +330,7 @@ def _tracker(rng, d=200, rank=3):
 
 def test_tall_argument_chunked_along_its_second_dimension_is_refused(client):
     rng = np.random.default_rng(10)
-    Q, L, A = _basis(rng, 200, 4), np.ones(4), rng.standard_normal((200, 6))
+    Q, L, A = random_basis(rng, 200, 4), np.ones(4), rng.standard_normal((200, 6))
     split = da.from_array(A, chunks=(100, 3))
     with pytest.raises(ValueError, match=r"`A` is chunked along its second dimension.*rechunk"):
         eigh_update(_dask(L), _dask(Q), split)
@@ -379,7 +350,7 @@ def test_tall_argument_chunked_along_its_second_dimension_is_refused(client):
 
 def test_row_chunks_are_aligned_to_the_basis_or_refused_when_unknown(client):
     rng = np.random.default_rng(11)
-    Q, L, A = _basis(rng, 200, 4), np.ones(4), rng.standard_normal((200, 3))
+    Q, L, A = random_basis(rng, 200, 4), np.ones(4), rng.standard_normal((200, 3))
     dQ = da.from_array(Q, chunks=(80, -1)).persist()
     other = da.from_array(A, chunks=(50, -1))  # disagrees, can be aligned: rechunked to dQ's rows
     res = eigh_update(_dask(L), dQ, other)
@@ -398,7 +369,7 @@ def test_row_chunks_are_aligned_to_the_basis_or_refused_when_unknown(client):
 
 def test_numpy_tall_factor_mixed_with_a_dask_one_is_refused(client):
     rng = np.random.default_rng(12)
-    Q, L, A = _basis(rng, 200, 4), np.ones(4), rng.standard_normal((200, 3))
+    Q, L, A = random_basis(rng, 200, 4), np.ones(4), rng.standard_normal((200, 3))
     with pytest.raises(TypeError, match=r"`A` is a numpy array but `eigenvalues` is a dask\.array array"):
         eigh_update(_dask(L), _dask(Q), A)
     with pytest.raises(TypeError, match=r"`eigenvectors` is a numpy array"):
@@ -424,7 +395,7 @@ def test_reigh_on_dask_refuses_an_asymmetric_matrix_from_its_first_sketch(client
 def test_non_finite_values_found_on_the_small_core_name_the_argument(client, dtype_name):
     rng = np.random.default_rng(13)
     dt = np.dtype(dtype_name)
-    Q, L = _basis(rng, 200, 4).astype(dt), np.ones(4, dt)
+    Q, L = random_basis(rng, 200, 4).astype(dt), np.ones(4, dt)
     A = rng.standard_normal((200, 3)).astype(dt)
     A[150, 1] = np.nan
     with pytest.raises(ValueError, match=r"`A` contains NaN or infinity \(found when a small core"):
@@ -456,7 +427,7 @@ def test_non_finite_values_found_on_the_small_core_name_the_argument(client, dty
 
 def test_check_finite_false_skips_the_check_on_dask(client):
     rng = np.random.default_rng(14)
-    Q, L, A = _basis(rng, 200, 4), np.ones(4), rng.standard_normal((200, 3))
+    Q, L, A = random_basis(rng, 200, 4), np.ones(4), rng.standard_normal((200, 3))
     A[0, 0] = np.nan
     with pytest.raises(DecompositionError):
         eigh_update(_dask(L), _dask(Q), _dask(A), check_finite=False)

@@ -7,13 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import RTOL, asarray, assert_backend, assert_matrix_close, to_np
+from conftest import RTOL, asarray, assert_backend, assert_matrix_close, random_basis, to_np
 from lowrank_online import damped_solve
-
-
-def _basis(rng, d, r):
-    Q, _ = np.linalg.qr(rng.standard_normal((d, max(r, 1))))
-    return Q[:, :r]
 
 
 @given(d=st.integers(1, 30), data=st.data())
@@ -23,7 +18,7 @@ def test_damped_solve_matches_dense_solve(xp, dtype_name, d, data):
     damping = data.draw(st.sampled_from([1e-3, 0.1, 1.0, 10.0]))
     continuation = data.draw(st.booleans())
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    Q, L = _basis(rng, d, r), rng.gamma(2.0, size=r)
+    Q, L = random_basis(rng, d, r), rng.gamma(2.0, size=r)
     X = rng.standard_normal((d, k))
     got = damped_solve(asarray(xp, L, dtype_name), asarray(xp, Q, dtype_name), asarray(xp, X, dtype_name),
                        damping, continuation=continuation)
@@ -51,7 +46,7 @@ def test_damped_solve_vector_and_no_cancellation(xp):
 
 def test_continuation_with_a_full_basis_changes_nothing(xp):
     rng = np.random.default_rng(1)
-    Q, L, X = _basis(rng, 6, 6), rng.gamma(2.0, size=6), rng.standard_normal((6, 2))
+    Q, L, X = random_basis(rng, 6, 6), rng.gamma(2.0, size=6), rng.standard_normal((6, 2))
     a = damped_solve(asarray(xp, L), asarray(xp, Q), asarray(xp, X), 0.5)
     b = damped_solve(asarray(xp, L), asarray(xp, Q), asarray(xp, X), 0.5, continuation=True)
     np.testing.assert_allclose(to_np(a), to_np(b), rtol=1e-12)
