@@ -120,10 +120,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     losses, accs, pre = train(args.method, args.epochs)
+    print(f"method {args.method}")
     for e, (l, a) in enumerate(zip(losses, accs), 1):
         print(f"epoch {e}: train loss {l:.4f}  test accuracy {a:.4f}")
-    kinds = {name: type(pre._layers[name].state["A"].eigenvectors).__name__ for name in pre.layers}
-    print(f"preconditioner state held as: {kinds}")
+    print(pre.summary())
+    held = {name: type(next(iter(pre.layer_state(name).eigenvalues.values()))).__name__ for name in pre.layers}
+    print(f"preconditioner state held as: {held}")
 
 
 if __name__ == "__main__":

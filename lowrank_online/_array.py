@@ -153,6 +153,14 @@ def result_dtype(xp: Any, *arrays: Any) -> Any:
     return xp.result_type(*[a.dtype for a in arrays if a is not None])
 
 
+def dtype_name(dtype: Any) -> str:
+    """The standard's name of a dtype of any namespace (``"float64"``, ``"float32"``...)."""
+    try:
+        return np.dtype(dtype).name  # NumPy and CuPy dtypes, and NumPy's scalar classes
+    except TypeError:
+        return str(dtype).rsplit(".", 1)[-1]  # torch.float32, array_api_strict.float64
+
+
 def is_float32(xp: Any, dtype: Any) -> bool:
     return dtype == xp.float32
 

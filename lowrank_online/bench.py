@@ -142,7 +142,10 @@ def curvature_table(quick: bool = False, period: int = 25) -> str:
       more than plain SGD spends forming its gradient);
     * the amortised curvature time per step with ``T_inv = T_Brand = T_updt = period``.
     """
-    from .curvature import KFACPreconditioner
+    import array_api_compat.numpy as xp
+
+    from .curvature import CurvatureConfig, registry
+    from .curvature.families import LayerShape, build
 
     d_in, d_out, n, r = (1025, 256, 64, 32) if quick else (16385, 2048, 256, 220)
     rng = np.random.default_rng(0)
@@ -151,30 +154,25 @@ def curvature_table(quick: bool = False, period: int = 25) -> str:
     grad = g.T @ a / n
     rows = []
     for method in ("kfac", "rkfac", "bkfac"):
-        pre = KFACPreconditioner(method, rank=r, T_inv=period, T_brand=period, T_updt=period)
-        pre.update("fc0", a, g)
-        layer = pre._layers["fc0"]
-        xp = layer.xp
+        # The pure functions of the layer: update at step 0 recomputes the inverse (0 is a
+        # multiple of every period), at step 1 it only accumulates statistics.
+        config = CurvatureConfig(method, rank=r, T_inv=period, T_brand=period, T_updt=period)
+        fam = build(config, registry.lookup(method), LayerShape(0, d_in, d_out, xp, None))
+        state = fam.init(a, g, 0)
+        damping = config.damping_at(1)
         if method == "bkfac":
             stats = 0.0  # no dense EA: the batch goes straight into the B-update
-            inverse = best_time(lambda: layer.update(a, g, 0), 3)
-            apply_t = best_time(lambda: pre.precondition_factored("fc0", g / n, a), 3)
-            G_t, A_t = pre.precondition_factored("fc0", g / n, a)
+            inverse = best_time(lambda: fam.update(state, a, g, 0), 3)
+            apply_t = best_time(lambda: fam.precondition_factored(state, g / n, a, damping, 1), 3)
+            G_t, A_t = fam.precondition_factored(state, g / n, a, damping, 1)
             form = best_time(lambda: G_t.T @ A_t, 3)
         else:
-            from .curvature import factors
-
-            no_inverse = {side: layer.specs[side]._replace(T_inv=10**9) for side in ("A", "G")}
-
-            def stats_only() -> None:
-                factors.update(layer.state["A"], a, 1, no_inverse["A"], xp)
-                factors.update(layer.state["G"], g, 1, no_inverse["G"], xp)
-
-            stats = best_time(stats_only, 2)
+            stats = best_time(lambda: fam.update(state, a, g, 1), 2)
             dense_evd = method == "kfac" and not quick  # minutes per call: one un-warmed run
-            both = best_time(lambda: layer.update(a, g, 0), 1 if dense_evd else 2, warmup=not dense_evd)
+            both = best_time(lambda: fam.update(state, a, g, 0), 1 if dense_evd else 2, warmup=not dense_evd)
             inverse = max(both - stats, 0.0)
-            apply_t = best_time(lambda: pre.precondition("fc0", grad), 1 if dense_evd else 2, warmup=not dense_evd)
+            apply_t = best_time(lambda: fam.precondition(state, grad, damping, 1), 1 if dense_evd else 2,
+                                warmup=not dense_evd)
             form = 0.0
         per_step = (stats + inverse) / period + apply_t
         rows.append((method, inverse, stats, apply_t, form, per_step))

@@ -16,8 +16,7 @@ import sys
 import time
 from typing import Any
 
-from .curvature import KFACPreconditioner
-from .curvature.methods import available_methods
+from .curvature import METHODS, KFACPreconditioner
 
 # Sensible per-method defaults (paper 001, Sec. 6 uses no momentum and KL-clipping 0.07).
 _DEFAULTS = {
@@ -107,7 +106,7 @@ def _build(args: argparse.Namespace, method: str, seed: int) -> tuple[Any, ...]:
 
 
 def _methods() -> list[str]:
-    return ["sgd", "adam", *available_methods()]
+    return ["sgd", "adam", *METHODS]
 
 
 def cmd_train(args: argparse.Namespace) -> int:

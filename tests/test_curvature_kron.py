@@ -65,9 +65,9 @@ def test_kpsvd_uses_the_nearest_kronecker_product():
     L, R = ks.left[0], ks.right[0]
     if np.trace(L) < 0:
         L, R = -L, -R
-    held = pre._layers["fc"].arrays
+    held = pre.layer_state("fc").state
     # same product (the balanced scaling may differ by a constant exchanged between factors)
-    np.testing.assert_allclose(np.kron(held["L"], held["R"]), np.kron(L, R), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(np.kron(held.left, held.right), np.kron(L, R), rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("method", ["deflation", "lanczos", "kfac-corrected"])
@@ -76,8 +76,7 @@ def test_two_term_methods_solve_the_damped_sum_exactly(method):
     batches = _batches(rng, 3)
     pre = KFACPreconditioner(method, damping=0.05, T_inv=1)
     _feed(pre, batches)
-    arr = pre._layers["fc"].arrays
-    L0, R0, L1, R1 = (arr[f"inv_{k}"] for k in ("L0", "R0", "L1", "R1"))
+    L0, R0, L1, R1 = pre.layer_state("fc").state.frozen
     ml, mr = np.linalg.eigvalsh(L0)[-1], np.linalg.eigvalsh(R0)[-1]
     M = np.kron(L0 + 0.05 * ml * np.eye(5), R0 + 0.05 * mr * np.eye(7)) + np.kron(L1, R1)
     grad = rng.standard_normal((5, 7))
@@ -95,9 +94,9 @@ def test_feeding_the_same_batch_twice_keeps_the_factors(method):
     pre = KFACPreconditioner(method, T_inv=1, kron_tol=1e-9, kron_max_iter=1000)
 
     def products():
-        arr = pre._layers["fc"].arrays
-        pairs = [("L", "R")] if method == "kpsvd" else [("L0", "R0"), ("L1", "R1")]
-        return [np.kron(arr[left], arr[right]) for left, right in pairs]
+        st = pre.layer_state("fc").state
+        pairs = [(st.left, st.right)] if method == "kpsvd" else [(st.average.L0, st.average.R0), (st.average.L1, st.average.R1)]
+        return [np.kron(left, right) for left, right in pairs]
 
     _feed(pre, [(a, g)])
     first = products()
@@ -112,8 +111,8 @@ def test_ekfac_solves_in_the_kronecker_eigenbasis(method):
     batches = _batches(rng, 3)
     pre = KFACPreconditioner(method, decay=0.9, damping=0.1, T_inv=100)  # basis fixed after the first batch
     _feed(pre, batches)
-    layer = pre._layers["fc"]
-    QA, QG = layer.state["A"].eigenvectors, layer.state["G"].eigenvectors
+    layer = pre.layer_state("fc").state
+    QA, QG = layer.A.eigenvectors, layer.G.eigenvectors
     S = None
     for a, g in batches:
         if method == "ekfac":
@@ -121,7 +120,7 @@ def test_ekfac_solves_in_the_kronecker_eigenbasis(method):
         else:
             batch = (QG.T @ (g.T @ a / len(a)) @ QA) ** 2
         S = batch if S is None else 0.9 * S + 0.1 * batch
-    np.testing.assert_allclose(layer.arrays["S"], S, rtol=1e-10)
+    np.testing.assert_allclose(layer.scalings, S, rtol=1e-10)
     grad = rng.standard_normal((5, 7))
     lam = 0.1 * S.max()
     Q = np.kron(QG, QA)
@@ -135,9 +134,9 @@ def test_ekfac_fisher_error_never_exceeds_kfac():
     F = _fisher(a, g)
     pre = KFACPreconditioner("ekfac", T_inv=1)
     _feed(pre, [(a, g)])
-    layer = pre._layers["fc"]
-    Q = np.kron(layer.state["G"].eigenvectors, layer.state["A"].eigenvectors)
-    ekfac = Q @ np.diag(layer.arrays["S"].reshape(-1)) @ Q.T
+    layer = pre.layer_state("fc").state
+    Q = np.kron(layer.G.eigenvectors, layer.A.eigenvectors)
+    ekfac = Q @ np.diag(layer.scalings.reshape(-1)) @ Q.T
     kfac = np.kron(g.T @ g / len(g), a.T @ a / len(a))
     assert np.linalg.norm(F - ekfac) <= np.linalg.norm(F - kfac) * (1 + 1e-12)
 

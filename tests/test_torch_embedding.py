@@ -24,5 +24,5 @@ def test_torch_training_with_hooks_stays_in_torch_and_learns(method):
     assert accs[-1] > 0.85
     for name in pre.layers:
         for side in ("A", "G"):
-            held = pre._layers[name].state[side].eigenvectors
+            held = getattr(pre.layer_state(name).state, side).eigenvectors
             assert isinstance(held, torch.Tensor) and held.dtype == torch.float32

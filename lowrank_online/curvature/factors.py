@@ -1,23 +1,29 @@
-"""One K-factor of one layer: its exponential average and its (low-rank) inverse representation.
+"""One K-factor of one layer: its exponential average and its inverse representation.
 
 Pure functions over a :class:`FactorState`. The kinds (paper 001):
 
 * ``"eigh"``: exact EVD of the dense EA factor every ``T_inv`` updates (k-fac);
 * ``"reigh"``: randomized EVD of the dense EA factor every ``T_inv`` updates (r-kfac, Alg. 1);
 * ``"brand"``: B-updates of a low-rank representation with each statistics batch every
-  ``T_brand`` updates (b-kfac, Alg. 4). Optionally an RSVD overwrite every ``T_rsvd`` (b-r-kfac,
-  Alg. 5) or a light correction every ``T_corct`` (b-kfac-c, Alg. 6-7). Those two need the dense
-  EA factor; pure b-kfac never forms a d x d matrix.
+  ``T_brand`` updates (b-kfac, Alg. 4): truncate to the held rank, then Brand's update with
+  the batch. Optionally an RSVD overwrite every ``T_rsvd`` (b-r-kfac, Alg. 5) or a light
+  correction every ``T_corct`` (b-kfac-c, Alg. 6-7); those two need the dense EA factor,
+  pure b-kfac never forms a ``d x d`` matrix.
 
 Statistics enter as ``X`` of shape ``N x d`` (rows are samples: activations ``a`` or
 pre-activation gradients ``g``). The factor is ``E[x x^T] = X^T X / N``, and the EA follows
 eq. (5) with ``kappa(0) = 1``.
+
+Ranks. The *applied* rank (``config.rank``) is the number of leading eigenpairs used when a
+gradient is preconditioned; the rest of the spectrum is continued (Sec. 3.5) or dropped. A
+randomized EVD computes exactly that many. A B-representation is truncated to the *held*
+rank (``config.held_rank``, default the applied rank) before each update, so between updates
+it holds up to ``held + N`` eigenpairs, of which the leading ``rank`` are applied.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,146 +33,184 @@ from ..ema import EMAState, _b_update, _correct, _restore_orthonormality
 from ..operators import as_operand
 from ..randomized import reigh
 from ..solve import _damped_solve
+from . import _state
+from .config import CurvatureConfig
+from .damping import Spectrum
+from .registry import MethodSpec
 
 __all__: list[str] = []
 
-KINDS = ("eigh", "reigh", "brand")
-Schedule = Callable[[int], float]
+# Fraction of the machine's GEMM rate reached by each kind of work, for the cost model of
+# "auto" (measured on the 2-core test machine, docs/performance.rst): large square products
+# (the dense EA and the randomized EVD's products) run near the GEMM rate; the B-update's
+# tall-skinny products with r + n columns reach about a quarter of it.
+_GEMM_EFFICIENCY = {"dense": 0.8, "brand": 0.25}
 
 
 class FactorSpec(NamedTuple):
-    """Static description of how one K-factor is maintained."""
+    """How one K-factor is maintained (derived from the configuration and the method)."""
 
-    kind: str
-    decay: float
-    rank: Schedule
-    oversample: Schedule
-    n_iter: int
-    T_inv: int
-    T_brand: int
-    T_rsvd: int | None  # b-r-kfac overwrite period (brand only)
-    T_corct: int | None  # b-kfac-c correction period (brand only)
-    phi_crc: float
-    init: str  # brand: "exact" (M_0 = A_0 A_0^T) or "reigh" (paper's RSVD start)
+    kind: str  # "eigh", "reigh" or "brand"
+    refresh: bool  # b-r-kfac: RSVD overwrite every T_rsvd
+    correct: bool  # b-kfac-c: light correction every T_corct
     seed: tuple[int, ...]
     reorthonormalize_every: int = 100
 
-    @property
-    def keep_dense(self) -> bool:
+    def keep_dense(self, config: CurvatureConfig) -> bool:
         if self.kind != "brand":
             return True
-        return self.T_rsvd is not None or self.T_corct is not None or self.init == "reigh"
+        return self.refresh or self.correct or config.bkfac_init == "reigh"
 
 
 class FactorState(NamedTuple):
+    kind: str  # the resolved kind ("auto" is resolved at the first update)
     dense: Any  # EA matrix (d x d), or None when the kind does not need it
-    eigenvalues: Any  # inverse representation, descending (None before the first inverse)
+    eigenvalues: Any  # held representation, descending (None before the first inverse)
     eigenvectors: Any
     n_stats: int  # statistics batches seen
     n_brand: int  # B-updates applied (brand kind)
 
 
-def empty_state() -> FactorState:
-    return FactorState(None, None, None, 0, 0)
+def empty_state(kind: str) -> FactorState:
+    return FactorState(kind, None, None, None, 0, 0)
+
+
+def choose_kind(config: CurvatureConfig, d: int, n: int, step: int) -> str:
+    """``"brand"`` or ``"reigh"`` for an ``"auto"`` factor of width ``d`` fed ``n`` rows.
+
+    Cost model, flops per statistics step weighted by the measured efficiency of each kind
+    of work (:data:`_GEMM_EFFICIENCY`): a B-update compresses a batch of ``n > d`` rows to
+    ``d`` columns (``2 d^2 n``) and then costs ``4 d r m + 4 d m^2 + 2 d (r + m)^2`` with
+    ``m = min(n, d)``, every ``T_brand`` steps; r-kfac accumulates the dense EA every step
+    (``2 d^2 n``) and runs a randomized EVD every ``T_inv`` steps (``(q + 1)`` products of
+    ``2 d^2 k`` flops with ``k = r + p``, plus ``~ 8 (q + 1) d k^2`` for the orthonormalisation).
+    """
+    r = min(config.held_rank_at(step), d)
+    m = min(n, d)
+    brand = (2.0 * d * d * n if n > d else 0.0) + 4.0 * d * r * m + 4.0 * d * m * m + 2.0 * d * (r + m) ** 2
+    k = min(config.rank_at(step) + config.oversample_at(step), d)
+    q = config.n_iter
+    ea = 2.0 * d * d * n
+    refresh = (q + 1) * (2.0 * d * d * k + 8.0 * d * k * k)
+    per_step_brand = brand / _GEMM_EFFICIENCY["brand"] * config.T_updt / config.T_brand
+    per_step_reigh = (ea + refresh * config.T_updt / config.T_inv) / _GEMM_EFFICIENCY["dense"]
+    return "brand" if per_step_brand <= per_step_reigh else "reigh"
+
+
+def spec(method: MethodSpec, kind: str, seed: tuple[int, ...]) -> FactorSpec:
+    return FactorSpec(kind=kind, refresh=method.refresh, correct=method.correct, seed=seed)
 
 
 def _rng(spec: FactorSpec, k: int) -> np.random.Generator:
     return np.random.default_rng([*spec.seed, k])
 
 
-def _rank(spec: FactorSpec, k: int, d: int) -> int:
-    return max(1, min(int(spec.rank(k)), d))
+def _decomposition_dtype(config: CurvatureConfig, M: Any, xp: Any) -> Any:
+    if config.inv_dtype is None:
+        return M.dtype
+    return getattr(xp, config.inv_dtype)
 
 
-def _dense_inverse(spec: FactorSpec, M: Any, k: int, xp: Any) -> tuple[Any, Any]:
+def _dense_inverse(spec: FactorSpec, kind: str, M: Any, k: int, config: CurvatureConfig, xp: Any) -> tuple[Any, Any]:
+    """EVD (or randomized EVD at the applied rank) of the dense factor, in ``inv_dtype``."""
     d = M.shape[0]
-    if spec.kind == "eigh" or _rank(spec, k, d) >= d:
-        w, V = _linalg.small_eigh(M, xp)
-        return xp.clip(w, min=0.0), V
-    res = reigh(
-        M, _rank(spec, k, d), oversample=int(spec.oversample(k)), n_iter=spec.n_iter, seed=_rng(spec, k), check_finite=False
-    )
-    return res.eigenvalues, res.eigenvectors
+    dt = _decomposition_dtype(config, M, xp)
+    Mc = _array.astype(M, dt, xp)
+    rank = min(config.rank_at(k), d)
+    if kind == "eigh" or rank >= d:
+        w, V = _linalg.small_eigh(Mc, xp)
+        w = xp.clip(w, min=0.0)
+    else:
+        res = reigh(Mc, rank, oversample=config.oversample_at(k), n_iter=config.n_iter, seed=_rng(spec, k),
+                    check_finite=False)
+        w, V = res.eigenvalues, res.eigenvectors
+    return _array.astype(w, M.dtype, xp), _array.astype(V, M.dtype, xp)
 
 
-def update(state: FactorState, X: Any, k: int, spec: FactorSpec, xp: Any) -> FactorState:
+def _due(n_stats: int, k: int, period: int) -> bool:
+    return n_stats == 0 or k % period == 0
+
+
+def update(state: FactorState, X: Any, k: int, spec: FactorSpec, config: CurvatureConfig, xp: Any) -> FactorState:
     """Incorporate one statistics batch ``X`` (N x d) at preconditioner step ``k``.
 
     Raises :class:`~lowrank_online.DecompositionError` when an inverse cannot be computed; the
     caller keeps the old state.
     """
-    n = X.shape[0]
+    n, d = X.shape
     first = state.n_stats == 0
+    kind = state.kind
     dense, L, Q, n_brand = state.dense, state.eigenvalues, state.eigenvectors, state.n_brand
     old_dense = dense
-    if spec.keep_dense:
+    if spec._replace(kind=kind).keep_dense(config):
         batch = (X.T @ X) / n
-        dense = batch if first else spec.decay * dense + (1.0 - spec.decay) * batch
-    if spec.kind == "brand":
-        if first and spec.init == "reigh":
-            L, Q = _dense_inverse(spec._replace(kind="reigh"), dense, k, xp)
+        dense = batch if first else config.decay * dense + (1.0 - config.decay) * batch
+    if kind == "brand":
+        if first and config.bkfac_init == "reigh":
+            L, Q = _dense_inverse(spec, "reigh", dense, k, config, xp)
             n_brand = 1
-        elif first or k % spec.T_brand == 0:
+        elif _due(state.n_stats, k, config.T_brand):
             ema_state = EMAState(L, Q, n_brand)
-            d = X.shape[1]
-            rank = _rank(spec, k, d)
-            if not first and spec.T_rsvd and k % spec.T_rsvd == 0:
+            held = min(config.held_rank_at(k), d)
+            if not first and spec.refresh and k % config.T_rsvd == 0:
                 # Alg. 5: overwrite "B_{k-1}" with the RSVD of the EA factor before this batch.
-                R = reigh(old_dense, rank, oversample=int(spec.oversample(k)), n_iter=spec.n_iter,
+                R = reigh(old_dense, held, oversample=config.oversample_at(k), n_iter=config.n_iter,
                           seed=_rng(spec, k), check_finite=False)
                 ema_state = EMAState(R.eigenvalues, R.eigenvectors, n_brand)
-            ema_state = _b_update(ema_state, X.T / math.sqrt(n), rank, spec.decay, xp)
-            if spec.T_corct and k % spec.T_corct == 0:
+            ema_state = _b_update(ema_state, X.T / math.sqrt(n), held, config.decay, xp)
+            if spec.correct and k % config.T_corct == 0:
                 # Alg. 7: correct against the current EA factor M_k, n_crc = phi_crc * r modes.
-                pool = min(rank, ema_state.eigenvalues.shape[0])
-                n_modes = max(1, int(round(spec.phi_crc * pool)))
+                pool = min(held, ema_state.eigenvalues.shape[0])
+                n_modes = max(1, int(round(config.phi_crc * pool)))
                 idx = _array.choice(_rng(spec, k), pool, n_modes)
                 ema_state = _correct(ema_state, as_operand(dense, "dense", check_finite=False), idx, xp)
-            if spec.reorthonormalize_every and ema_state.n_updates % spec.reorthonormalize_every == 0:
+            every = spec.reorthonormalize_every
+            if every and ema_state.n_updates % every == 0:
                 L, Q = _restore_orthonormality(ema_state.eigenvalues, ema_state.eigenvectors, xp)
             else:
                 L, Q = ema_state.eigenvalues, ema_state.eigenvectors
             n_brand = ema_state.n_updates
-    elif first or k % spec.T_inv == 0:
-        L, Q = _dense_inverse(spec, dense, k, xp)
-    return FactorState(dense, L, Q, state.n_stats + 1, n_brand)
+    elif _due(state.n_stats, k, config.T_inv):
+        L, Q = _dense_inverse(spec, kind, dense, k, config, xp)
+    return FactorState(kind, dense, L, Q, state.n_stats + 1, n_brand)
 
 
-def lambda_max(state: FactorState, xp: Any) -> float:
-    """Largest eigenvalue of the representation used for the inverse."""
-    L = state.eigenvalues
-    return float(L[0]) if L is not None and L.shape[0] else 0.0
+def applied(state: FactorState, rank: int) -> tuple[Any, Any]:
+    """The leading ``rank`` eigenpairs of the held representation (what a solve applies).
+
+    Full-rank kinds (``"eigh"``) are applied whole.
+    """
+    L, Q = state.eigenvalues, state.eigenvectors
+    if state.kind == "eigh" or L.shape[0] <= rank:
+        return L, Q
+    return L[:rank], Q[:, :rank]
 
 
-def trace(state: FactorState, d: int, continuation: bool, xp: Any) -> float:
-    """Trace of the represented factor (with the continued spectrum when asked)."""
-    L = state.eigenvalues
-    if L is None or L.shape[0] == 0:
-        return 0.0
-    total = float(xp.sum(L))
+def spectrum(state: FactorState, d: int, rank: int, continuation: bool, xp: Any) -> Spectrum:
+    """Largest eigenvalue and trace of the applied matrix (continued tail included)."""
+    L, _ = applied(state, rank)
+    if L.shape[0] == 0:
+        return Spectrum(0.0, 0.0, d)
+    top, total, last = _array.to_floats(xp, L[0], xp.sum(L), L[-1])
     if continuation and L.shape[0] < d:
-        total += (d - L.shape[0]) * float(L[-1])
-    return total
+        total += (d - L.shape[0]) * last
+    return Spectrum(top, total, d)
 
 
-def solve(state: FactorState, Y: Any, damping: float, continuation: bool, xp: Any) -> Any:
-    """``(M + damping I)^{-1} Y`` with the held representation (paper 001, Alg. 1 l. 16-17)."""
-    return _damped_solve(state.eigenvalues, state.eigenvectors, Y, damping, continuation, xp)
+def solve(state: FactorState, Y: Any, damping: float, rank: int, continuation: bool, xp: Any) -> Any:
+    """``(M + damping I)^{-1} Y`` with the applied representation (paper 001, Alg. 1 l. 16-17)."""
+    L, Q = applied(state, rank)
+    return _damped_solve(L, Q, Y, damping, continuation, xp)
 
 
-def to_dict(state: FactorState) -> dict[str, Any]:
-    out: dict[str, Any] = {"n_stats": state.n_stats, "n_brand": state.n_brand}
-    for key in ("dense", "eigenvalues", "eigenvectors"):
-        value = getattr(state, key)
-        if value is not None:
-            out[key] = value
-    return out
-
-
-def from_dict(state: dict[str, Any], xp: Any, device: Any) -> FactorState:
-    def arr(key: str) -> Any:
-        if key not in state:
-            return None
-        return xp.asarray(state[key], device=device)
-
-    return FactorState(arr("dense"), arr("eigenvalues"), arr("eigenvectors"), int(state["n_stats"]), int(state["n_brand"]))
+def check(state: FactorState, d: int, declared: str, where: str) -> None:
+    """``ValueError`` naming the entry when a restored factor is inconsistent."""
+    allowed = ("brand", "reigh") if declared == "auto" else (declared,)
+    if state.kind not in allowed:
+        raise ValueError(f"checkpoint entry '{where}/kind' must be one of {list(allowed)}, got {state.kind!r}")
+    _state.check_square(state.dense, d, f"{where}/dense")
+    _state.check_eigh(state.eigenvalues, state.eigenvectors, d, where)
+    if state.eigenvalues is None and state.n_stats:
+        raise ValueError(f"checkpoint entry {where!r} has {state.n_stats} statistics batches but no representation")
+    if state.dense is None and state.kind != "brand":
+        raise ValueError(f"checkpoint entry '{where}/dense' is missing")

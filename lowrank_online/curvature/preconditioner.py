@@ -3,58 +3,45 @@
 Paper 001 (Puiu): k-fac, r-kfac (Alg. 1), b-kfac (Alg. 4), b-r-kfac (Alg. 5), b-kfac-c (Alg. 7),
 the mixture of Sec. 3.5, spectrum continuation, damping ``lambda = phi lambda_max`` (Sec. 6) and
 the linear-time inverse application of Alg. 8. Papers 002-004 add the Kronecker-sum methods,
-TKFAC and EKFAC (see :mod:`lowrank_online.curvature.methods`).
+TKFAC and EKFAC (see :mod:`lowrank_online.curvature.registry`).
 
 Conventions: a layer's weight, bias included, is the ``d_out x d_in`` matrix ``[W b]``. The
 caller appends a column of ones to the activations ``a`` (``N x d_in``) when the layer has a
 bias. ``g`` (``N x d_out``) are the per-sample pre-activation gradients. The gradient is
 ``grad = (1/N) g^T a`` and the K-factors are ``A = E[a a^T]`` (``d_in x d_in``) and
 ``Gamma = E[g g^T]`` (``d_out x d_out``). The K-FAC step is ``Gamma^{-1} grad A^{-1}``.
+
+The class is a thin shell: the configuration is one frozen :class:`CurvatureConfig`, each
+layer is a family of pure functions (:mod:`.families`) over a NamedTuple state, and the shell
+validates input, calls the functions and swaps in a new state only when they returned.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import array_api_compat
 
 from .. import _array, _linalg
-from . import factors
-from .factors import FactorSpec
+from . import _legacy, _state, registry
+from .config import CurvatureConfig
+from .families import Family, LayerShape, build
 
-__all__ = ["KFACPreconditioner", "METHODS", "kl_clip_scale"]
+__all__ = ["KFACPreconditioner", "LayerState", "kl_clip_scale"]
 
-# method -> kinds of the (A, Gamma) factors; "auto" is resolved per factor at the first update.
-_KFAC_FAMILY = {
-    "kfac": "eigh",
-    "rkfac": "reigh",
-    "bkfac": "brand",
-    "brkfac": "brand",
-    "bkfacc": "brand",
-    "auto": "auto",
-}
-def _all_methods() -> tuple[str, ...]:
-    from .methods import available_methods
+#: Format of :meth:`KFACPreconditioner.state_dict`. Format 1 (lowrank_online 0.1.0, no
+#: ``format`` key) is converted on load.
+STATE_FORMAT = 2
 
-    return tuple(available_methods())
-
-
-METHODS: tuple[str, ...] = _all_methods()
-_DAMPING_MODES = ("relative", "pi", "absolute")
-
-
-def _schedule(value: Any, name: str, *, integer: bool, positive: bool = True) -> Callable[[int], float]:
-    """A constant, or a callable of the step (the papers' rank / oversampling / damping schedules)."""
-    if callable(value):
-        return value
-    if integer:
-        v = _array.check_int(value, name, minimum=1 if positive else 0)
-    else:
-        v = _array.check_real(value, name, low=0.0, low_open=positive)
-    return lambda k: v
+# Levenberg-Marquardt adaptation (Martens & Grosse 2015, Sec. 6.5): the damping is multiplied
+# by OMEGA when the step did better than 3/4 of what the quadratic model predicted, and divided
+# by it when it did worse than 1/4; the scale stays within [1/LM_RANGE, LM_RANGE].
+LM_OMEGA = 19.0 / 20.0
+LM_RANGE = 1e4
 
 
 def kl_clip_scale(steps: list[Any], grads: list[Any], lr: float, kappa: float, xp: Any) -> float:
@@ -70,20 +57,59 @@ def kl_clip_scale(steps: list[Any], grads: list[Any], lr: float, kappa: float, x
     return min(1.0, math.sqrt(kappa / (lr * lr * total)))
 
 
+class LayerState(NamedTuple):
+    """What :meth:`KFACPreconditioner.layer_state` reports of one layer.
+
+    ``kinds`` maps each factor (``"A"``: input side, ``"G"``: output side) to how its inverse
+    is represented (``"eigh"``, ``"reigh"``, ``"brand"``; EKFAC adds its scalings ``"S"``,
+    Kronecker sums report the sum). ``held_rank`` is the number of eigenpairs held,
+    ``applied_rank`` the number applied to the gradient at the current step; ``eigenvalues``
+    the held spectra (descending; EKFAC's scalings as a ``d_out x d_in`` array). ``state`` is
+    the family's NamedTuple itself (read-only by convention).
+    """
+
+    name: str
+    method: str
+    family: str
+    d_in: int
+    d_out: int
+    n_updates: int
+    kinds: dict[str, str]
+    held_rank: dict[str, int]
+    applied_rank: dict[str, int]
+    eigenvalues: dict[str, Any]
+    skipped_updates: int
+    state: Any
+
+
+class _Layer(NamedTuple):
+    """The shell's record of a layer: static description, its functions and its state."""
+
+    method: str
+    index: int
+    d_a: int
+    d_g: int
+    xp: Any
+    device: Any
+    dtype: Any
+    family: Family
+    state: Any
+
+
 class KFACPreconditioner:
     r"""Per-layer Kronecker-factored curvature that any optimizer can embed.
 
     Parameters
     ----------
     method : str
-        Default method of every layer: ``"kfac"`` (dense EVD every ``T_inv``), ``"rkfac"``
-        (randomized EVD every ``T_inv``), ``"bkfac"`` (B-updates every ``T_brand``),
-        ``"brkfac"`` (B-updates plus an RSVD overwrite every ``T_rsvd``), ``"bkfacc"``
-        (B-updates plus a light correction of ``phi_crc * rank`` modes every ``T_corct``) or
-        ``"auto"`` (per K-factor: B-updates where ``rank + N < d``, r-kfac elsewhere; paper 001,
-        Sec. 3.5). With :mod:`lowrank_online.kronecker` available, also ``"ekfac"``,
-        ``"ekfac-ra"``, ``"tkfac"``, ``"kpsvd"``, ``"deflation"``, ``"lanczos"`` and
-        ``"kfac-corrected"`` (see ``METHODS``).
+        Default method of every layer (see ``METHODS`` and the table of the curvature docs
+        page): ``"kfac"`` (dense EVD every ``T_inv``), ``"rkfac"`` (randomized EVD every
+        ``T_inv``), ``"bkfac"`` (B-updates every ``T_brand``), ``"brkfac"`` (B-updates plus an
+        RSVD overwrite every ``T_rsvd``), ``"bkfacc"`` (B-updates plus a light correction of
+        ``phi_crc * rank`` modes every ``T_corct``), ``"auto"`` (per K-factor, B-updates or
+        r-kfac, whichever the cost model of :func:`~.factors.choose_kind` finds cheaper;
+        paper 001, Sec. 3.5), ``"ekfac"``, ``"ekfac-ra"``, ``"tkfac"``, ``"kpsvd"``,
+        ``"deflation"``, ``"lanczos"`` and ``"kfac-corrected"``.
     layer_methods : dict, optional
         Per-layer overrides ``{layer name: method}`` (the paper uses B-updates for the wide FC
         layer only).
@@ -95,19 +121,38 @@ class KFACPreconditioner:
         0.1). ``"pi"``: the total Tikhonov damping ``gamma``, split between the factors as
         ``pi sqrt(gamma)`` and ``sqrt(gamma) / pi`` with ``pi^2 = (tr A / d_A) / (tr Gamma / d_G)``
         (Martens & Grosse 2015; paper 002, Sec. 2.2). ``"absolute"``: ``lambda`` itself on both
-        factors. A callable of the step gives a schedule.
+        factors. A callable of the step gives a schedule. One policy serves every method
+        (:mod:`lowrank_online.curvature.damping`).
+    damping_mode : {"relative", "pi", "absolute"}
+    min_damping : float
+        Floor of every factor's damping (default 1e-8).
+    damping_adaptation : {None, "lm"}
+        ``"lm"``: Levenberg-Marquardt adaptation of the damping (Martens & Grosse 2015,
+        Sec. 6.5) from the reduction ratio reported through :meth:`adapt_damping`; the
+        configured ``damping`` is multiplied by a scale that shrinks by 19/20 when a step
+        achieves more than 3/4 of the predicted decrease and grows by 20/19 when it achieves
+        less than 1/4. Default None (the damping follows ``damping`` alone).
     continuation : bool
         Spectrum continuation for low-rank representations (paper 001, Sec. 3.5), default True.
-    rank, oversample : int or callable
-        Target rank (default 64) and RSVD oversampling (default 10), or schedules of the step.
+    rank : int or callable
+        The rank **applied to the gradient** (default 64): a randomized EVD computes that many
+        eigenpairs, and the solves of a B-representation use its leading ``rank`` eigenpairs.
+        Full-rank methods (kfac, ekfac, tkfac, kpsvd, the Kronecker sums) ignore it.
+    held_rank : int or callable, optional
+        B-methods: the rank kept through the truncation that starts each B-update (paper 001,
+        Alg. 4 lines 3-4, the paper's ``r``); between updates a B-representation holds up to
+        ``held_rank + N`` eigenpairs. Default: ``rank``. The paper's b-kfac, which applies all
+        ``r + N`` held eigenpairs, is ``held_rank=r, rank=r + N``.
+    oversample : int or callable
+        RSVD oversampling (default 10).
     n_iter : int
         Power iterations of the randomized EVD (default 4).
     T_updt : int
         Statistics period: :meth:`wants_statistics` is true every ``T_updt`` steps.
     T_inv, T_brand, T_rsvd, T_corct : int
-        Periods (in steps) of the inverse recomputation (kfac, rkfac), the B-update, the RSVD
-        overwrite (brkfac) and the correction (bkfacc). They take effect at the statistics steps,
-        so choose multiples of ``T_updt``.
+        Periods (in steps) of the inverse recomputation (kfac, rkfac, ekfac, tkfac, kpsvd and
+        the Kronecker sums), the B-update, the RSVD overwrite (brkfac) and the correction
+        (bkfacc). They take effect at the statistics steps, so choose multiples of ``T_updt``.
     phi_crc : float
         Fraction of the rank corrected by b-kfac-c (paper 001, Sec. 3.4), default 0.5.
     bkfac_init : {"exact", "reigh"}
@@ -118,11 +163,22 @@ class KFACPreconditioner:
     kron_tol, kron_max_iter : float, int
         Convergence tolerance (default 1e-3) and iteration cap (default 100) of the matrix-free
         power / Lanczos solves of the Kronecker-sum methods, warm-started from the previous
-        batch. The factors are exponentially averaged across batches, so each batch's solve
-        need not be tight.
+        batch.
+    inv_dtype : {None, "float32", "float64"}
+        dtype of the dense eigendecompositions (kfac, rkfac, ekfac, the B-methods' refresh);
+        default the statistics' dtype. The held factors stay in the statistics' dtype.
     seed : int
         Base seed of the randomized decompositions (derived per layer, factor and step, so
         runs are reproducible and resumable without RNG state).
+
+    Attributes
+    ----------
+    config : CurvatureConfig
+        The validated, frozen options.
+    steps : int
+        Optimizer steps taken (:meth:`step`).
+    skipped_updates : dict
+        Per layer, the statistics updates skipped because a decomposition failed.
 
     Notes
     -----
@@ -137,6 +193,19 @@ class KFACPreconditioner:
     :meth:`precondition_factored` is the linear-time application of paper 001, Alg. 8. When
     the gradient is ``grad = G^T A`` for the factors of a batch, ``G`` and ``A`` are
     preconditioned separately, in ``O(r (d_in + d_out) N)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_online.curvature import KFACPreconditioner
+    >>> rng = np.random.default_rng(0)
+    >>> pre = KFACPreconditioner("bkfac", rank=4)
+    >>> pre.update("fc", rng.standard_normal((8, 6)), rng.standard_normal((8, 3)))
+    >>> pre.precondition("fc", np.ones((3, 6))).shape
+    (3, 6)
+    >>> info = pre.layer_state("fc")
+    >>> info.kinds, info.held_rank, info.applied_rank
+    ({'A': 'brand', 'G': 'brand'}, {'A': 6, 'G': 3}, {'A': 4, 'G': 3})
     """
 
     def __init__(
@@ -147,8 +216,11 @@ class KFACPreconditioner:
         decay: float = 0.95,
         damping: float | Callable[[int], float] = 0.1,
         damping_mode: str = "relative",
+        min_damping: float = 1e-8,
+        damping_adaptation: str | None = None,
         continuation: bool = True,
         rank: int | Callable[[int], int] = 64,
+        held_rank: int | Callable[[int], int] | None = None,
         oversample: int | Callable[[int], int] = 10,
         n_iter: int = 4,
         T_updt: int = 1,
@@ -161,83 +233,45 @@ class KFACPreconditioner:
         kl_clip: float | None = None,
         kron_tol: float = 1e-3,
         kron_max_iter: int = 100,
-        min_damping: float = 1e-8,
+        inv_dtype: str | None = None,
         seed: int = 0,
     ) -> None:
-        from .methods import available_methods
-
-        self._methods = available_methods()
-        self.method = self._check_method(method, "method")
-        self.layer_methods = {str(k): self._check_method(v, f"layer_methods[{k!r}]") for k, v in (layer_methods or {}).items()}
-        self.decay = _array.check_real(decay, "decay", low=0.0, high=1.0, low_open=True)
-        self.damping = _schedule(damping, "damping", integer=False)
-        if damping_mode not in _DAMPING_MODES:
-            raise ValueError(f"`damping_mode` must be one of {_DAMPING_MODES}, got {damping_mode!r}")
-        self.damping_mode = damping_mode
-        self.continuation = bool(continuation)
-        self.rank = _schedule(rank, "rank", integer=True)
-        self.oversample = _schedule(oversample, "oversample", integer=True, positive=False)
-        self.n_iter = _array.check_int(n_iter, "n_iter", minimum=0)
-        self.T_updt = _array.check_int(T_updt, "T_updt")
-        self.T_inv = _array.check_int(T_inv, "T_inv")
-        self.T_brand = _array.check_int(T_brand, "T_brand")
-        self.T_rsvd = _array.check_int(T_rsvd, "T_rsvd")
-        self.T_corct = _array.check_int(T_corct, "T_corct")
-        self.phi_crc = _array.check_real(phi_crc, "phi_crc", low=0.0, high=1.0, low_open=True)
-        if bkfac_init not in ("exact", "reigh"):
-            raise ValueError(f"`bkfac_init` must be 'exact' or 'reigh', got {bkfac_init!r}")
-        self.bkfac_init = bkfac_init
-        self.kl_clip = None if kl_clip is None else _array.check_real(kl_clip, "kl_clip", low=0.0, low_open=True)
-        self.kron_tol = _array.check_real(kron_tol, "kron_tol", low=0.0, low_open=True)
-        self.kron_max_iter = _array.check_int(kron_max_iter, "kron_max_iter", minimum=1)
-        self.min_damping = _array.check_real(min_damping, "min_damping", low=0.0, low_open=True)
-        self.seed = _array.check_int(seed, "seed", minimum=0)
+        options = dict(locals())
+        del options["self"]
+        options["layer_methods"] = layer_methods or {}
+        self.config = CurvatureConfig(**options)
         self.steps = 0
-        self._layers: dict[str, Any] = {}
+        self.skipped_updates: dict[str, int] = {}
+        self._damping_scale = 1.0
+        self._layers: dict[str, _Layer] = {}
 
-    # ---------------------------------------------------------------- configuration
-    def _check_method(self, method: Any, name: str) -> str:
-        if not isinstance(method, str) or method not in self._methods:
-            raise ValueError(f"`{name}` must be one of {sorted(self._methods)}, got {method!r}")
-        return method
+    def __repr__(self) -> str:
+        return f"KFACPreconditioner({self.config.method!r}, layers={list(self._layers)}, steps={self.steps})"
+
+    @property
+    def method(self) -> str:
+        """The default method."""
+        return self.config.method
+
+    @property
+    def layers(self) -> list[str]:
+        """Names of the layers that have statistics, in the order they were first seen."""
+        return list(self._layers)
 
     def method_of(self, layer: str) -> str:
-        return self.layer_methods.get(layer, self.method)
-
-    def _spec(self, method: str, side: str, d: int, n: int, index: int) -> FactorSpec:
-        kind = _KFAC_FAMILY[method]
-        if kind == "auto":
-            kind = "brand" if int(self.rank(0)) + n < d else "reigh"
-        return FactorSpec(
-            kind=kind,
-            decay=self.decay,
-            rank=self.rank,
-            oversample=self.oversample,
-            n_iter=self.n_iter,
-            T_inv=self.T_inv,
-            T_brand=self.T_brand,
-            T_rsvd=self.T_rsvd if method == "brkfac" else None,
-            T_corct=self.T_corct if method == "bkfacc" else None,
-            phi_crc=self.phi_crc,
-            init=self.bkfac_init,
-            seed=(self.seed, index, 0 if side == "A" else 1),
-        )
+        return self.config.method_of(layer)
 
     # ---------------------------------------------------------------- schedule
     def wants_statistics(self) -> bool:
         """True when the current step is a statistics step (every ``T_updt`` steps)."""
-        return self.steps % self.T_updt == 0
+        return self.steps % self.config.T_updt == 0
 
     def step(self) -> None:
         """Advance the iteration counter (call once per optimizer step)."""
         self.steps += 1
 
-    @property
-    def layers(self) -> list[str]:
-        return list(self._layers)
-
     # ---------------------------------------------------------------- validation
-    def _check_stats(self, layer: str, a: Any, g: Any) -> tuple[Any, Any, Any]:
+    def _check_stats(self, layer: str, a: Any, g: Any) -> Any:
         if not isinstance(layer, str):
             raise TypeError(f"`layer` must be a string, got {type(layer).__name__}")
         xp = _array.namespace(("a", a), ("g", g))
@@ -252,26 +286,41 @@ class KFACPreconditioner:
             raise TypeError(f"`a` has dtype {a.dtype} but `g` has {g.dtype}")
         known = self._layers.get(layer)
         if known is not None:
-            if xp is not known.xp:
-                raise TypeError(f"layer {layer!r} holds {_array._namespace_name(known.xp)} arrays, got {_array._namespace_name(xp)}")
-            if _array.device(a) != known.device:
-                raise ValueError(f"layer {layer!r} lives on device {known.device!r}, got arrays on {_array.device(a)!r}")
-            if a.dtype != known.dtype:
-                raise TypeError(f"layer {layer!r} holds {known.dtype}, got {a.dtype}")
+            self._check_known(layer, known, xp, a, "statistics")
             if (a.shape[1], g.shape[1]) != (known.d_a, known.d_g):
                 raise ValueError(
                     f"layer {layer!r} has d_in={known.d_a}, d_out={known.d_g}; got `a` with {a.shape[1]} "
                     f"columns and `g` with {g.shape[1]}"
                 )
-        return xp, a, g
+        return xp
 
-    def _layer(self, layer: str) -> Any:
+    @staticmethod
+    def _check_known(layer: str, known: _Layer, xp: Any, x: Any, what: str) -> None:
+        if xp is not known.xp:
+            raise TypeError(f"layer {layer!r} holds {_array._namespace_name(known.xp)} arrays, got "
+                            f"{_array._namespace_name(xp)} {what}")
+        if _array.device(x) != known.device:
+            raise ValueError(f"layer {layer!r} lives on device {known.device!r}, got {what} on {_array.device(x)!r}")
+        if x.dtype != known.dtype:
+            raise TypeError(f"layer {layer!r} holds {_array.dtype_name(known.dtype)}, got {what} of dtype "
+                            f"{_array.dtype_name(x.dtype)}")
+
+    def _layer(self, layer: str) -> _Layer:
+        if not isinstance(layer, str):
+            raise TypeError(f"`layer` must be a string, got {type(layer).__name__}")
         if layer not in self._layers:
             raise ValueError(f"no statistics for layer {layer!r} yet: call update({layer!r}, a, g) first")
-        state = self._layers[layer]
-        if not state.ready():
-            raise ValueError(f"layer {layer!r} has no inverse representation yet")
-        return state
+        return self._layers[layer]
+
+    def _check_grad(self, layer: str, grad: Any, known: _Layer) -> None:
+        xp = _array.namespace(("grad", grad))
+        if xp is not known.xp:
+            raise TypeError(f"`grad` is a {_array._namespace_name(xp)} array but layer {layer!r} holds "
+                            f"{_array._namespace_name(known.xp)}")
+        _array.check_array(grad, "grad", xp, ndim=2)
+        self._check_known(layer, known, xp, grad, "`grad`")
+        if tuple(grad.shape) != (known.d_g, known.d_a):
+            raise ValueError(f"`grad` of layer {layer!r} must have shape {(known.d_g, known.d_a)}, got {tuple(grad.shape)}")
 
     # ---------------------------------------------------------------- operations
     def update(self, layer: str, a: Any, g: Any) -> None:
@@ -280,58 +329,55 @@ class KFACPreconditioner:
 
         Rejected input (bad shape, dtype, namespace, device, non-finite values) raises and leaves
         the preconditioner untouched; a decomposition that fails keeps the previous
-        representation of the layer and warns.
+        representation of the layer, counts the skip in :attr:`skipped_updates` and warns.
         """
-        xp, a, g = self._check_stats(layer, a, g)
-        state = self._layers.get(layer)
-        fresh = state is None
-        if fresh:
-            from .methods import make_layer
-
-            state = make_layer(self, layer, len(self._layers), self.method_of(layer), a, g, xp)
+        xp = self._check_stats(layer, a, g)
+        known = self._layers.get(layer)
+        if known is None:
+            method = self.config.method_of(layer)
+            shape = LayerShape(len(self._layers), int(a.shape[1]), int(g.shape[1]), xp, _array.device(a))
+            family = build(self.config, registry.lookup(method), shape)
+            known = _Layer(method, shape.index, shape.d_a, shape.d_g, xp, shape.device, a.dtype, family, None)
         try:
-            state.update(a, g, self.steps)
+            if known.state is None:
+                new = known.family.init(a, g, self.steps)
+            else:
+                new = known.family.update(known.state, a, g, self.steps)
         except _linalg.DecompositionError as err:
-            warnings.warn(f"layer {layer!r}: curvature update skipped at step {self.steps}: {err}", RuntimeWarning, stacklevel=2)
+            self.skipped_updates[layer] = self.skipped_updates.get(layer, 0) + 1
+            warnings.warn(f"layer {layer!r}: curvature update skipped at step {self.steps}: {err}", RuntimeWarning,
+                          stacklevel=2)
             return
-        if fresh:
-            self._layers[layer] = state
+        self._layers[layer] = known._replace(state=new)
 
-    def dampings(self, layer: str) -> tuple[float, float]:
-        """``(lambda_A, lambda_Gamma)`` of a K-FAC-family layer at the current step."""
-        state = self._layer(layer)
-        return self._dampings(state)
+    def damping_value(self) -> float:
+        """The damping parameter at the current step: the configured ``damping`` (or its
+        schedule's value) times the Levenberg-Marquardt scale (1 without adaptation)."""
+        return self.config.damping_at(self.steps) * self._damping_scale
 
-    def _dampings(self, state: Any) -> tuple[float, float]:
-        xp, k = state.xp, self.steps
-        value = float(self.damping(k))
-        A, G = state.state["A"], state.state["G"]
-        if self.damping_mode == "relative":
-            lam = (value * factors.lambda_max(A, xp), value * factors.lambda_max(G, xp))
-        elif self.damping_mode == "absolute":
-            lam = (value, value)
-        else:
-            ta = factors.trace(A, state.d_a, self.continuation, xp) / state.d_a
-            tg = factors.trace(G, state.d_g, self.continuation, xp) / state.d_g
-            pi = math.sqrt(ta / tg) if ta > 0 and tg > 0 else 1.0
-            root = math.sqrt(value)
-            lam = (pi * root, root / pi)
-        return (max(lam[0], self.min_damping), max(lam[1], self.min_damping))
+    def dampings(self, layer: str) -> tuple[float, ...]:
+        """Each factor's damping for ``layer`` at the current step: ``(lambda_A, lambda_Gamma)``
+        for two-factor methods and Kronecker sums (applied to the first term's factors),
+        ``(lambda,)`` for EKFAC's scalings."""
+        known = self._layer(layer)
+        return known.family.dampings(known.state, self.damping_value(), self.steps)
 
-    def _check_grad(self, layer: str, grad: Any, state: Any) -> None:
-        xp = _array.namespace(("grad", grad))
-        if xp is not state.xp:
-            raise TypeError(f"`grad` is a {_array._namespace_name(xp)} array but layer {layer!r} holds {_array._namespace_name(state.xp)}")
-        _array.check_array(grad, "grad", xp, ndim=2)
-        if tuple(grad.shape) != (state.d_g, state.d_a):
-            raise ValueError(f"`grad` of layer {layer!r} must have shape {(state.d_g, state.d_a)}, got {tuple(grad.shape)}")
+    def _prepared(self, layer: str) -> tuple[_Layer, float]:
+        known = self._layer(layer)
+        value = self.damping_value()
+        state = known.family.prepare(known.state, value, self.steps)
+        if state is not known.state:
+            known = known._replace(state=state)
+            self._layers[layer] = known
+        return known, value
 
     def precondition(self, layer: str, grad: Any) -> Any:
         """The preconditioned step ``F^{-1} grad`` of ``layer``, in the weight's own shape
         ``d_out x d_in`` (``[W b]`` with the bias gradient as last column)."""
-        state = self._layer(layer)
-        self._check_grad(layer, grad, state)
-        return state.precondition(grad, self)
+        known = self._layer(layer)
+        self._check_grad(layer, grad, known)
+        known, value = self._prepared(layer)
+        return known.family.precondition(known.state, grad, value, self.steps)
 
     def precondition_factored(self, layer: str, G: Any, A: Any) -> tuple[Any, Any]:
         """Precondition a gradient given as factors, ``grad = G^T A`` (G: N x d_out, A: N x d_in).
@@ -343,34 +389,106 @@ class KFACPreconditioner:
         Methods without that structure (``ekfac``, ``ekfac-ra``, the two-term sums) precondition
         the full gradient ``G^T A`` and return ``(I, step)``.
         """
-        state = self._layer(layer)
+        known = self._layer(layer)
         xp = _array.namespace(("G", G), ("A", A))
         _array.check_array(G, "G", xp, ndim=2)
         _array.check_array(A, "A", xp, ndim=2)
+        self._check_known(layer, known, xp, G, "`G`")
+        self._check_known(layer, known, xp, A, "`A`")
         if G.shape[0] != A.shape[0]:
             raise ValueError(f"`G` has {G.shape[0]} rows but `A` has {A.shape[0]}")
-        if (G.shape[1], A.shape[1]) != (state.d_g, state.d_a):
-            raise ValueError(f"layer {layer!r} expects G with {state.d_g} columns and A with {state.d_a}, got {G.shape[1]} and {A.shape[1]}")
-        return state.precondition_factored(G, A, self)
+        if (G.shape[1], A.shape[1]) != (known.d_g, known.d_a):
+            raise ValueError(f"layer {layer!r} expects G with {known.d_g} columns and A with {known.d_a}, got "
+                             f"{G.shape[1]} and {A.shape[1]}")
+        known, value = self._prepared(layer)
+        return known.family.precondition_factored(known.state, G, A, value, self.steps)
 
     def clip(self, steps: list[Any], grads: list[Any], lr: float) -> list[Any]:
         """Rescale all layers' steps by the KL-clipping factor (identity when ``kl_clip`` is None)."""
-        if self.kl_clip is None or not steps:
+        if self.config.kl_clip is None or not steps:
             return steps
         xp = array_api_compat.array_namespace(steps[0])
-        scale = kl_clip_scale(steps, grads, lr, self.kl_clip, xp)
+        scale = kl_clip_scale(steps, grads, lr, self.config.kl_clip, xp)
         return steps if scale == 1.0 else [s * scale for s in steps]
+
+    # ---------------------------------------------------------------- damping adaptation
+    @staticmethod
+    def predicted_change(steps: list[Any], grads: list[Any], lr: float) -> float:
+        """The damped quadratic model's predicted loss change of the update ``W <- W - lr step``.
+
+        With ``step = (F + lambda)^{-1} grad`` the model ``q(delta) = grad^T delta +
+        delta^T (F + lambda) delta / 2`` at ``delta = -lr step`` is
+        ``-lr (1 - lr / 2) sum_l <grad_l, step_l>`` (Martens & Grosse 2015, Sec. 6.5, with the
+        preconditioner's own curvature model). Pass the steps that were applied (after
+        clipping).
+        """
+        lr = _array.check_real(lr, "lr", low=0.0, low_open=True)
+        if not steps:
+            return 0.0
+        xp = array_api_compat.array_namespace(steps[0])
+        inner = sum(float(xp.sum(s * g)) for s, g in zip(steps, grads, strict=True))
+        return -lr * (1.0 - lr / 2.0) * inner
+
+    def adapt_damping(self, actual_change: float, predicted_change: float) -> float:
+        """Levenberg-Marquardt update of the damping from one step's reduction ratio.
+
+        ``actual_change``: the loss after the step minus the loss before, on the same batch;
+        ``predicted_change``: :meth:`predicted_change` of that step. Returns the new damping
+        scale. Requires ``damping_adaptation="lm"``. A non-finite loss change counts as a
+        failed step (the damping grows).
+        """
+        if self.config.damping_adaptation != "lm":
+            raise ValueError("adapt_damping needs damping_adaptation='lm'")
+        actual = float(actual_change)
+        predicted = _array.check_real(predicted_change, "predicted_change")
+        if predicted < 0.0:
+            ratio = actual / predicted if math.isfinite(actual) else -math.inf
+            if ratio > 0.75:
+                self._damping_scale = max(self._damping_scale * LM_OMEGA, 1.0 / LM_RANGE)
+            elif ratio < 0.25:
+                self._damping_scale = min(self._damping_scale / LM_OMEGA, LM_RANGE)
+        return self._damping_scale
+
+    # ---------------------------------------------------------------- inspection
+    def layer_state(self, layer: str) -> LayerState:
+        """What ``layer`` holds: its method and family, the kind of each factor's
+        representation, the held and applied ranks, the held spectra and the raw state.
+
+        The figures examples, benchmarks and tests need, without reading private attributes.
+        """
+        known = self._layer(layer)
+        info = known.family.describe(known.state, self.steps)
+        return LayerState(layer, known.method, registry.lookup(known.method).family, known.d_a, known.d_g,
+                          info["n_updates"], info["kinds"], info["held_rank"], info["applied_rank"],
+                          info["eigenvalues"], self.skipped_updates.get(layer, 0), known.state)
+
+    def summary(self) -> str:
+        """One line per layer: method, sizes, representation kinds and ranks."""
+        lines = [f"{'layer':<16} {'method':<15} {'d_in x d_out':>13}  kinds (held / applied rank)"]
+        for name in self._layers:
+            s = self.layer_state(name)
+            kinds = ", ".join(
+                f"{side}: {kind}" + (f" ({s.held_rank[side]}/{s.applied_rank[side]})" if side in s.held_rank else "")
+                for side, kind in s.kinds.items()
+            )
+            lines.append(f"{name:<16} {s.method:<15} {f'{s.d_in} x {s.d_out}':>13}  {kinds}")
+        return "\n".join(lines)
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Arrays and numbers only (see :func:`lowrank_online.save_state`)."""
+        """Arrays and numbers only (see :func:`lowrank_online.save_state`), format 2."""
         return {
+            "format": STATE_FORMAT,
             "steps": self.steps,
-            "method": self.method,
-            "layers": {name: {"method": st.method, "index": st.index, "d_a": st.d_a, "d_g": st.d_g,
-                              "namespace": _array._namespace_name(st.xp), "dtype": str(st.dtype).split(".")[-1],
-                              **st.to_dict()}
-                       for name, st in self._layers.items()},
+            "method": self.config.method,
+            "damping_scale": self._damping_scale,
+            "skipped_updates": dict(self.skipped_updates),
+            "layers": {
+                name: {"method": k.method, "index": k.index, "d_a": k.d_a, "d_g": k.d_g,
+                       "namespace": _array._namespace_name(k.xp), "dtype": _array.dtype_name(k.dtype),
+                       "state": _state.to_dict(k.state)}
+                for name, k in self._layers.items()
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any], *, xp: Any = None, device: Any = None) -> None:
@@ -379,26 +497,55 @@ class KFACPreconditioner:
         The options (methods, schedules) come from the constructor, as with PyTorch
         optimizers; a layer whose saved method differs from the configured one is refused.
         ``xp`` / ``device`` choose where the arrays go (default: the saved namespace's default
-        device).
+        device). Checkpoints of format 1 (lowrank_online 0.1.0) are converted; every entry is
+        validated (keys, shapes, dtypes, finiteness) and a bad one is refused with a
+        ``ValueError`` naming it, leaving the preconditioner unchanged.
         """
-        from .methods import restore_layer
-
-        steps = _array.check_int(int(state["steps"]), "state['steps']", minimum=0)
+        if not isinstance(state, dict):
+            raise TypeError(f"`state` must be a dict (from state_dict or load_state), got {type(state).__name__}")
+        state = _legacy.upgrade(state)
+        steps = _state._integer(state.get("steps"), "steps")
+        scale = _state._real(state.get("damping_scale", 1.0), "damping_scale")
+        saved_layers = state.get("layers", {})
+        if not isinstance(saved_layers, dict):
+            raise ValueError("checkpoint entry 'layers' must be a group of entries")
         layers = {}
-        for name, saved in dict(state.get("layers", {})).items():
-            method = str(saved["method"])
-            if method != self.method_of(name):
-                raise ValueError(f"saved layer {name!r} used method {method!r} but this preconditioner uses {self.method_of(name)!r}")
-            ns = xp if xp is not None else _namespace_by_name(str(saved["namespace"]))
-            dev = device if device is not None else ns.__array_namespace_info__().default_device()
-            layers[name] = restore_layer(self, name, saved, ns, dev)
-        self._layers = layers
-        self.steps = steps
+        for name, saved in saved_layers.items():
+            layers[name] = self._restore(name, saved, xp, device)
+        skipped = {str(k): _state._integer(v, f"skipped_updates/{k}") for k, v in dict(state.get("skipped_updates", {})).items()}
+        self._layers, self.steps, self._damping_scale, self.skipped_updates = layers, steps, scale, skipped
+
+    def _restore(self, name: str, saved: Any, xp: Any, device: Any) -> _Layer:
+        where = f"layers/{name}"
+        if not isinstance(saved, dict):
+            raise ValueError(f"checkpoint entry {where!r} must be a group of entries")
+        missing = {"method", "index", "d_a", "d_g", "namespace", "dtype", "state"} - set(saved)
+        if missing:
+            raise ValueError(f"checkpoint entry {where!r} lacks {sorted(missing)}")
+        method = str(saved["method"])
+        if method != self.config.method_of(name):
+            raise ValueError(f"saved layer {name!r} used method {method!r} but this preconditioner uses "
+                             f"{self.config.method_of(name)!r}")
+        ns = xp if xp is not None else _namespace_by_name(str(saved["namespace"]), f"{where}/namespace")
+        dev = device if device is not None else ns.__array_namespace_info__().default_device()
+        dtype_name = str(saved["dtype"])
+        if dtype_name not in ("float32", "float64"):
+            raise ValueError(f"checkpoint entry {where + '/dtype'!r} must be 'float32' or 'float64', got {dtype_name!r}")
+        dtype = getattr(ns, dtype_name)
+        shape = LayerShape(_state._integer(saved["index"], f"{where}/index"), _state._integer(saved["d_a"], f"{where}/d_a"),
+                           _state._integer(saved["d_g"], f"{where}/d_g"), ns, dev)
+        family = build(self.config, registry.lookup(method), shape)
+        restored = _state.from_dict(family.state_type, saved["state"], xp=ns, device=dev, dtype=dtype, where=f"{where}/state")
+        family.check(restored, f"{where}/state")
+        return _Layer(method, shape.index, shape.d_a, shape.d_g, ns, dev, dtype, family, restored)
 
 
-def _namespace_by_name(name: str) -> Any:
-    import importlib
-
-    if name == "array_api_strict":
-        return importlib.import_module("array_api_strict")
-    return importlib.import_module(f"array_api_compat.{name}")
+def _namespace_by_name(name: str, key: str) -> Any:
+    known = {"numpy": "array_api_compat.numpy", "torch": "array_api_compat.torch", "cupy": "array_api_compat.cupy",
+             "array_api_strict": "array_api_strict", "dask.array": "array_api_compat.dask.array"}
+    if name not in known:
+        raise ValueError(f"checkpoint entry {key!r} names an unknown array namespace {name!r}; pass `xp`")
+    try:
+        return importlib.import_module(known[name])
+    except ImportError as err:
+        raise ValueError(f"checkpoint entry {key!r} needs the {name!r} namespace, which is not installed; pass `xp`") from err

@@ -1,0 +1,97 @@
+"""EKFAC and EKFAC-ra (paper 004): the Kronecker-factored eigenbasis with eigenvalue corrections.
+
+The K-factors are exponentially averaged and diagonalised every ``T_inv`` statistics steps
+(dense EVD, as for k-fac); the scalings ``S`` (one per Kronecker eigenvector) are a running
+average of per-sample second moments in that basis (``ekfac``, Alg. 1) or of the mini-batch
+gradient squared (``ekfac-ra``, Sec. 3.2).
+
+When the basis is recomputed, the running average is carried into the new basis instead of
+being restarted from one batch: the diagonal of the old approximation
+``(Q_G ⊗ Q_A) diag(S) (Q_G ⊗ Q_A)^T`` in the new basis ``(P_G ⊗ P_A)`` is
+``(R_G ∘ R_G) S (R_A ∘ R_A)^T`` with ``R = P^T Q``, at ``O(d_g^2 d_a + d_g d_a^2)``. A restart
+from one batch left EKFAC-ra with the square of a single mini-batch gradient, which is nearly
+zero in most eigendirections, and its steps in those directions were limited by the damping
+alone (the spikes of the issue tracker's report).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ...kronecker import ekfac_solve, ekfac_update
+from .. import _state, factors
+from ..config import CurvatureConfig
+from ..damping import Spectrum, factor_dampings
+from ..factors import FactorState
+from ..factors import check as factor_check
+from ..registry import MethodSpec
+
+__all__ = ["EKFACState"]
+
+
+class EKFACState(NamedTuple):
+    A: FactorState  # input-side factor and its eigenbasis (kind "eigh")
+    G: FactorState  # output-side factor and its eigenbasis
+    scalings: Any  # d_g x d_a running average S in the current basis
+
+
+def carry_scalings(S: Any, old: tuple[Any, Any], new: tuple[Any, Any]) -> Any:
+    """``diag`` of the EKFAC matrix ``(old_G ⊗ old_A) diag(S) (...)^T`` in the basis ``new``."""
+    R_G = new[0].T @ old[0]
+    R_A = new[1].T @ old[1]
+    return (R_G * R_G) @ S @ (R_A * R_A).T
+
+
+def build(config: CurvatureConfig, method: MethodSpec, shape: Any) -> dict[str, Any]:
+    xp, d_a, d_g = shape.xp, shape.d_a, shape.d_g
+    specs = {"A": factors.spec(method, "eigh", (config.seed, shape.index, 0)),
+             "G": factors.spec(method, "eigh", (config.seed, shape.index, 1))}
+
+    def init(a: Any, g: Any, step: int) -> EKFACState:
+        empty = EKFACState(factors.empty_state("eigh"), factors.empty_state("eigh"), None)
+        return update(empty, a, g, step)
+
+    def update(state: EKFACState, a: Any, g: Any, step: int) -> EKFACState:
+        new_a = factors.update(state.A, a, step, specs["A"], config, xp)
+        new_g = factors.update(state.G, g, step, specs["G"], config, xp)
+        S = state.scalings
+        if S is not None and (new_a.eigenvectors is not state.A.eigenvectors or new_g.eigenvectors is not state.G.eigenvectors):
+            S = carry_scalings(S, (state.G.eigenvectors, state.A.eigenvectors), (new_g.eigenvectors, new_a.eigenvectors))
+        S = ekfac_update(S, a, g, new_g.eigenvectors, new_a.eigenvectors, decay=config.decay,
+                         per_sample=method.per_sample, check_finite=False)
+        return EKFACState(new_a, new_g, S)
+
+    def prepare(state: EKFACState, damping: float, step: int) -> EKFACState:
+        return state
+
+    def dampings(state: EKFACState, damping: float, step: int) -> tuple[float]:
+        top, total = (float(v) for v in (xp.max(state.scalings), xp.sum(state.scalings)))
+        return factor_dampings(config.damping_mode, damping, [Spectrum(top, total, d_g * d_a)], floor=config.min_damping)
+
+    def precondition(state: EKFACState, grad: Any, damping: float, step: int) -> Any:
+        (lam,) = dampings(state, damping, step)
+        return ekfac_solve(grad, state.scalings, state.G.eigenvectors, state.A.eigenvectors, damping=lam,
+                           check_finite=False)
+
+    def precondition_factored(state: EKFACState, G: Any, A: Any, damping: float, step: int) -> tuple[Any, Any]:
+        step_matrix = precondition(state, G.T @ A, damping, step)
+        return xp.eye(d_g, dtype=step_matrix.dtype, device=shape.device), step_matrix
+
+    def describe(state: EKFACState, step: int) -> dict[str, Any]:
+        return {
+            "kinds": {"A": "eigh", "G": "eigh", "S": "scalings"},
+            "held_rank": {"A": d_a, "G": d_g},
+            "applied_rank": {"A": d_a, "G": d_g},
+            "eigenvalues": {"A": state.A.eigenvalues, "G": state.G.eigenvalues, "S": state.scalings},
+            "n_updates": state.A.n_stats,
+        }
+
+    def check(state: EKFACState, where: str) -> None:
+        factor_check(state.A, d_a, "eigh", f"{where}/A")
+        factor_check(state.G, d_g, "eigh", f"{where}/G")
+        if state.scalings is None or tuple(state.scalings.shape) != (d_g, d_a):
+            raise ValueError(f"checkpoint entry '{where}/scalings' must have shape {(d_g, d_a)}")
+        _state.check_spectrum(xp.reshape(state.scalings, (-1,)), f"{where}/scalings", sorted_=False)
+
+    return {"init": init, "update": update, "prepare": prepare, "dampings": dampings, "precondition": precondition,
+            "precondition_factored": precondition_factored, "describe": describe, "check": check, "state_type": EKFACState}

@@ -1,0 +1,81 @@
+"""The K-FAC family: two independently maintained K-factors (kfac, rkfac, bkfac, brkfac, bkfacc, auto).
+
+Paper 001: the step is ``(Gamma + lambda_G I)^{-1} grad (A + lambda_A I)^{-1}`` with each
+factor's inverse representation kept by :mod:`..factors` (dense EVD, randomized EVD or
+B-updates); the linear-time factored application is Alg. 8.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .. import factors
+from ..config import CurvatureConfig
+from ..damping import factor_dampings
+from ..factors import FactorState
+from ..factors import check as factor_check
+from ..registry import MethodSpec
+
+__all__ = ["KFACState"]
+
+
+class KFACState(NamedTuple):
+    A: FactorState  # input side, d_a x d_a
+    G: FactorState  # output side, d_g x d_g
+
+
+def build(config: CurvatureConfig, method: MethodSpec, shape: Any) -> dict[str, Any]:
+    xp, d_a, d_g = shape.xp, shape.d_a, shape.d_g
+    seeds = {"A": (config.seed, shape.index, 0), "G": (config.seed, shape.index, 1)}
+
+    def _kind(declared: str, d: int, n: int, step: int) -> str:
+        return factors.choose_kind(config, d, n, step) if declared == "auto" else declared
+
+    def init(a: Any, g: Any, step: int) -> KFACState:
+        n = a.shape[0]
+        empty = KFACState(factors.empty_state(_kind(method.kinds[0], d_a, n, step)),
+                          factors.empty_state(_kind(method.kinds[1], d_g, n, step)))
+        return update(empty, a, g, step)
+
+    def update(state: KFACState, a: Any, g: Any, step: int) -> KFACState:
+        new_a = factors.update(state.A, a, step, factors.spec(method, state.A.kind, seeds["A"]), config, xp)
+        new_g = factors.update(state.G, g, step, factors.spec(method, state.G.kind, seeds["G"]), config, xp)
+        return KFACState(new_a, new_g)
+
+    def prepare(state: KFACState, damping: float, step: int) -> KFACState:
+        return state
+
+    def dampings(state: KFACState, damping: float, step: int) -> tuple[float, float]:
+        r, c = config.rank_at(step), config.continuation
+        spectra = [factors.spectrum(state.A, d_a, r, c, xp), factors.spectrum(state.G, d_g, r, c, xp)]
+        return factor_dampings(config.damping_mode, damping, spectra, floor=config.min_damping)
+
+    def precondition(state: KFACState, grad: Any, damping: float, step: int) -> Any:
+        lam_a, lam_g = dampings(state, damping, step)
+        r, c = config.rank_at(step), config.continuation
+        right = factors.solve(state.A, grad.T, lam_a, r, c, xp).T  # grad A^{-1}
+        return factors.solve(state.G, right, lam_g, r, c, xp)  # Gamma^{-1} grad A^{-1}
+
+    def precondition_factored(state: KFACState, G: Any, A: Any, damping: float, step: int) -> tuple[Any, Any]:
+        # Alg. 8: (Gamma^{-1} G^T)(A A^{-1}): each factor O(r d N), never d_out x d_in.
+        lam_a, lam_g = dampings(state, damping, step)
+        r, c = config.rank_at(step), config.continuation
+        return (factors.solve(state.G, G.T, lam_g, r, c, xp).T, factors.solve(state.A, A.T, lam_a, r, c, xp).T)
+
+    def describe(state: KFACState, step: int) -> dict[str, Any]:
+        r = config.rank_at(step)
+        sides = {"A": state.A, "G": state.G}
+        return {
+            "kinds": {side: f.kind for side, f in sides.items()},
+            "held_rank": {side: int(f.eigenvalues.shape[0]) for side, f in sides.items()},
+            "applied_rank": {side: int(factors.applied(f, r)[0].shape[0]) for side, f in sides.items()},
+            "eigenvalues": {side: f.eigenvalues for side, f in sides.items()},
+            "n_updates": state.A.n_stats,
+        }
+
+    def check(state: KFACState, where: str) -> None:
+        for side, f, d in (("A", state.A, d_a), ("G", state.G, d_g)):
+            factor_check(f, d, method.kinds[0 if side == "A" else 1], f"{where}/{side}")
+
+    return {"init": init, "update": update, "prepare": prepare, "dampings": dampings, "precondition": precondition,
+            "precondition_factored": precondition_factored, "describe": describe, "check": check, "state_type": KFACState}

@@ -1,0 +1,142 @@
+"""Two-term Kronecker sums solved exactly: deflation, lanczos, kfac-corrected (paper 002, Sec. 3.2-3.4).
+
+Each statistics batch gives a two-term sum ``L_0 ⊗ R_0 + L_1 ⊗ R_1`` of its Fisher block
+(deflation, Lanczos bidiagonalisation, or K-FAC plus its best correction), EA'd term by term
+(each new term sign-aligned with the average first, since ``(-L) ⊗ (-R) = L ⊗ R``). Every
+``T_inv`` steps the average is frozen for the solves, which use
+:class:`~lowrank_online.KronSumInverse` on the damped sum (Sec. 3.4): the first term's
+factors are damped like K-FAC's (:mod:`..damping`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ... import _array, _linalg
+from ...kronecker import KronSum, KronSumInverse, kfac_corrected, kpsvd
+from .. import _state
+from ..config import CurvatureConfig
+from ..damping import Spectrum, factor_dampings
+from ..registry import MethodSpec
+from .pair import ea, inner_solve
+
+__all__ = ["KronSumState", "KronTerms", "SumSolver"]
+
+
+class KronTerms(NamedTuple):
+    """``L0 ⊗ R0 + L1 ⊗ R1``: left factors d_g x d_g, right factors d_a x d_a."""
+
+    L0: Any
+    R0: Any
+    L1: Any
+    R1: Any
+
+
+class SumSolver(NamedTuple):
+    """The generalised eigendecomposition of the damped frozen sum, for one damping value."""
+
+    basis_left: Any
+    basis_right: Any
+    eigenvalues: Any  # 1 + s1 s2^T, d_g x d_a (the pencil's eigenvalues)
+    damping: float  # the damping value it was built for
+    n_inv: int  # the frozen sum it was built from
+
+
+class KronSumState(NamedTuple):
+    average: KronTerms  # the running average
+    frozen: KronTerms  # the average at the last inverse step, used by the solves
+    solver: SumSolver | None
+    n_stats: int
+    n_inv: int
+
+
+def build(config: CurvatureConfig, method: MethodSpec, shape: Any) -> dict[str, Any]:
+    xp, d_a, d_g = shape.xp, shape.d_a, shape.d_g
+
+    def _batch_sum(state: KronSumState | None, a: Any, g: Any, step: int) -> KronSum:
+        rng = np.random.default_rng([config.seed, shape.index, step])
+        with inner_solve():
+            if method.estimator == "kfac-corrected":
+                return kfac_corrected(a, g, seed=rng, tol=config.kron_tol, max_iter=config.kron_max_iter,
+                                      check_finite=False)
+            avg = None if state is None else state.average
+            init = None if avg is None else KronSum((avg.L0, avg.L1), (avg.R0, avg.R1))
+            return kpsvd(a, g, terms=2, method=method.estimator, init=init, seed=rng, tol=config.kron_tol,
+                         max_iter=config.kron_max_iter, check_finite=False)
+
+    def _average(old: KronTerms | None, ks: KronSum) -> KronTerms:
+        terms = []
+        for i in range(2):
+            L, R = ks.left[i], ks.right[i]
+            if old is not None and float(xp.sum(L * old[2 * i])) < 0.0:
+                L, R = -L, -R  # the same product, aligned with the running average
+            terms += [ea(None if old is None else old[2 * i], L, config.decay),
+                      ea(None if old is None else old[2 * i + 1], R, config.decay)]
+        return KronTerms(*terms)
+
+    def init(a: Any, g: Any, step: int) -> KronSumState:
+        average = _average(None, _batch_sum(None, a, g, step))
+        return KronSumState(average, average, None, 1, 1)
+
+    def update(state: KronSumState, a: Any, g: Any, step: int) -> KronSumState:
+        average = _average(state.average, _batch_sum(state, a, g, step))
+        if step % config.T_inv == 0:
+            return KronSumState(average, average, None, state.n_stats + 1, state.n_inv + 1)
+        return state._replace(average=average, n_stats=state.n_stats + 1)
+
+    def dampings(state: KronSumState, damping: float, step: int) -> tuple[float, float]:
+        """(input side R0, output side L0): the first term is damped like K-FAC's factors."""
+        spectra = []
+        for M, d in ((state.frozen.R0, d_a), (state.frozen.L0, d_g)):
+            w = _linalg.small_eigh(M, xp)[0]
+            spectra.append(Spectrum(*_array.to_floats(xp, w[0], xp.sum(w)), d))
+        return factor_dampings(config.damping_mode, damping, spectra, floor=config.min_damping)
+
+    def _solver(state: KronSumState, damping: float, step: int) -> SumSolver:
+        lam_r, lam_l = dampings(state, damping, step)
+        t = state.frozen
+        # KronSumInverse puts pi sqrt(lambda) on its first factor and sqrt(lambda) / pi on the
+        # second: lambda = lam_l lam_r and pi = sqrt(lam_l / lam_r) give lam_l on L0, lam_r on R0.
+        inv = KronSumInverse(t.L0, t.R0, t.L1, t.R1, damping=lam_l * lam_r, pi=math.sqrt(lam_l / lam_r),
+                             check_finite=False)
+        return SumSolver(inv.basis_left, inv.basis_right, inv.eigenvalues, float(damping), state.n_inv)
+
+    def _current(state: KronSumState, damping: float) -> bool:
+        s = state.solver
+        return s is not None and s.n_inv == state.n_inv and s.damping == float(damping)
+
+    def prepare(state: KronSumState, damping: float, step: int) -> KronSumState:
+        return state if _current(state, damping) else state._replace(solver=_solver(state, damping, step))
+
+    def precondition(state: KronSumState, grad: Any, damping: float, step: int) -> Any:
+        s = state.solver if _current(state, damping) else _solver(state, damping, step)
+        K1, K2 = s.basis_left, s.basis_right
+        return K1 @ (((K1.T @ grad) @ K2) / s.eigenvalues) @ K2.T
+
+    def precondition_factored(state: KronSumState, G: Any, A: Any, damping: float, step: int) -> tuple[Any, Any]:
+        step_matrix = precondition(state, G.T @ A, damping, step)
+        return xp.eye(d_g, dtype=step_matrix.dtype, device=shape.device), step_matrix
+
+    def describe(state: KronSumState, step: int) -> dict[str, Any]:
+        t = state.frozen
+        return {
+            "kinds": {"sum": f"{method.estimator} (2 terms)"},
+            "held_rank": {"A": d_a, "G": d_g},
+            "applied_rank": {"A": d_a, "G": d_g},
+            "eigenvalues": {"R0": _linalg.small_eigh(t.R0, xp)[0], "L0": _linalg.small_eigh(t.L0, xp)[0]},
+            "n_updates": state.n_stats,
+        }
+
+    def check(state: KronSumState, where: str) -> None:
+        for group in ("average", "frozen"):
+            terms = getattr(state, group)
+            for name in ("L0", "L1"):
+                _state.check_square(getattr(terms, name), d_g, f"{where}/{group}/{name}")
+            for name in ("R0", "R1"):
+                _state.check_square(getattr(terms, name), d_a, f"{where}/{group}/{name}")
+
+    return {"init": init, "update": update, "prepare": prepare, "dampings": dampings, "precondition": precondition,
+            "precondition_factored": precondition_factored, "describe": describe, "check": check, "state_type": KronSumState}
