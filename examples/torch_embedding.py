@@ -65,7 +65,7 @@ class LinearStatistics:
 
 
 def train(method: str = "bkfac", epochs: int = 3, batch_size: int = 64, lr: float = 0.1, seed: int = 0,
-          dtype: torch.dtype = torch.float32) -> tuple[list[float], list[float], KFACPreconditioner]:
+          dtype: torch.dtype = torch.float32, **options) -> tuple[list[float], list[float], KFACPreconditioner]:
     """Train a 64-128-10 ReLU network on scikit-learn's digits; returns (losses, accuracies, pre)."""
     from sklearn.datasets import load_digits
 
@@ -79,7 +79,7 @@ def train(method: str = "bkfac", epochs: int = 3, batch_size: int = 64, lr: floa
 
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).to(dtype)
     stats = LinearStatistics(model)
-    pre = KFACPreconditioner(method, rank=32, kl_clip=1e-2, T_inv=5, seed=seed)
+    pre = KFACPreconditioner(method, **{"rank": 32, "kl_clip": 1e-2, "T_inv": 5, "seed": seed, **options})
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     losses, accs = [], []
@@ -101,11 +101,18 @@ def train(method: str = "bkfac", epochs: int = 3, batch_size: int = 64, lr: floa
             loss.backward()
             names = list(stats.layers)
             grads = [stats.weight_grad(name) for name in names]
-            steps = pre.clip([pre.precondition(name, g) for name, g in zip(names, grads)], grads, lr)
-            for name, step in zip(names, steps):
-                stats.set_step(name, step)
+            raw = [pre.precondition(name, g) for name, g in zip(names, grads)]
+            scale = pre.clip_scale(raw, grads, lr)
+            for name, step in zip(names, raw):
+                stats.set_step(name, step * scale)
             opt.step()
             opt.zero_grad()
+            if pre.config.damping_adaptation == "lm":
+                # Levenberg-Marquardt: the loss change this step achieved on its own batch,
+                # against the quadratic model's prediction.
+                with torch.no_grad():
+                    after = float(F.cross_entropy(model(x), y))
+                pre.adapt_damping(after - float(loss.detach()), pre.predicted_change(raw, grads, lr * scale))
             pre.step()
             epoch_loss += float(loss.detach()) * batch_size
         losses.append(epoch_loss / (Xt.shape[0] // batch_size * batch_size))

@@ -145,6 +145,7 @@ def curvature_table(quick: bool = False, period: int = 25) -> str:
     import array_api_compat.numpy as xp
 
     from .curvature import CurvatureConfig, registry
+    from .curvature.damping import Damping
     from .curvature.families import LayerShape, build
 
     d_in, d_out, n, r = (1025, 256, 64, 32) if quick else (16385, 2048, 256, 220)
@@ -159,8 +160,9 @@ def curvature_table(quick: bool = False, period: int = 25) -> str:
         config = CurvatureConfig(method, rank=r, T_inv=period, T_brand=period, T_updt=period)
         fam = build(config, registry.lookup(method), LayerShape(0, d_in, d_out, xp, None))
         state = fam.init(a, g, 0)
-        damping = config.damping_at(1)
-        if method == "bkfac":
+        damping = Damping(config.damping_at(1))
+        kind = registry.lookup(method).kinds[0]
+        if kind == "brand":
             stats = 0.0  # no dense EA: the batch goes straight into the B-update
             inverse = best_time(lambda: fam.update(state, a, g, 0), 3)
             apply_t = best_time(lambda: fam.precondition_factored(state, g / n, a, damping, 1), 3)
@@ -168,7 +170,7 @@ def curvature_table(quick: bool = False, period: int = 25) -> str:
             form = best_time(lambda: G_t.T @ A_t, 3)
         else:
             stats = best_time(lambda: fam.update(state, a, g, 1), 2)
-            dense_evd = method == "kfac" and not quick  # minutes per call: one un-warmed run
+            dense_evd = kind == "eigh" and not quick  # minutes per call: one un-warmed run
             both = best_time(lambda: fam.update(state, a, g, 0), 1 if dense_evd else 2, warmup=not dense_evd)
             inverse = max(both - stats, 0.0)
             apply_t = best_time(lambda: fam.precondition(state, grad, damping, 1), 1 if dense_evd else 2,

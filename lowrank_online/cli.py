@@ -59,6 +59,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--damping", type=float, default=0.1, help="phi of lambda = phi * lambda_max (or gamma with --damping-mode pi)")
     p.add_argument("--damping-mode", default="relative", choices=["relative", "pi", "absolute"])
+    p.add_argument("--gradient-damping", type=float, default=0.0,
+                   help="gradient floor c: each layer's dampings multiply to at least c |grad|^2 (0: off)")
+    p.add_argument("--damping-adaptation", default="none", choices=["none", "lm"],
+                   help="lm: Levenberg-Marquardt adaptation of the damping from each step's loss change")
     p.add_argument("--rank", type=int, default=64)
     p.add_argument("--oversample", type=int, default=10)
     p.add_argument("--decay", type=float, default=0.95)
@@ -97,6 +101,8 @@ def _build(args: argparse.Namespace, method: str, seed: int) -> tuple[Any, ...]:
     if family == "curvature":
         pre = KFACPreconditioner(
             method, decay=args.decay, damping=args.damping, damping_mode=args.damping_mode,
+            gradient_damping=args.gradient_damping,
+            damping_adaptation=None if args.damping_adaptation == "none" else args.damping_adaptation,
             continuation=not args.no_continuation, rank=args.rank, oversample=args.oversample,
             T_updt=args.T_updt, T_inv=args.T_inv, T_brand=args.T_brand, T_rsvd=args.T_rsvd,
             T_corct=args.T_corct, phi_crc=args.phi_crc,

@@ -118,7 +118,9 @@ def test_ekfac_solves_in_the_kronecker_eigenbasis(method):
         if method == "ekfac":
             batch = ((g @ QG) ** 2).T @ ((a @ QA) ** 2) / len(a)
         else:
-            batch = (QG.T @ (g.T @ a / len(a)) @ QA) ** 2
+            # the squared mini-batch mean gradient, times N: an unbiased estimate of the
+            # per-sample second moments for centred gradients (families/ekfac.py)
+            batch = len(a) * (QG.T @ (g.T @ a / len(a)) @ QA) ** 2
         S = batch if S is None else 0.9 * S + 0.1 * batch
     np.testing.assert_allclose(layer.scalings, S, rtol=1e-10)
     grad = rng.standard_normal((5, 7))

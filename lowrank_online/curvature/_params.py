@@ -40,8 +40,8 @@ class Interval:
         what = "an integer" if self.kind is numbers.Integral else "a finite real number"
         if self.low is None and self.high is None:
             return what
-        lo = "[" if self.closed in ("both", "left") else "("
-        hi = "]" if self.closed in ("both", "right") else ")"
+        lo = "[" if self.closed in ("both", "left") and self.low is not None else "("
+        hi = "]" if self.closed in ("both", "right") and self.high is not None else ")"
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"
         return f"{what} in {lo}{low}, {high}{hi}"

@@ -131,7 +131,8 @@ def check_spectrum(values: Any, key: str, *, sorted_: bool = True) -> None:
         raise ValueError(f"checkpoint entry {key!r} must be sorted in descending order")
 
 
-def check_eigh(values: Any, vectors: Any, d: int, key: str, names: tuple[str, str] = ("eigenvalues", "eigenvectors")) -> None:
+def check_eigh(values: Any, vectors: Any, d: int, key: str,
+               names: tuple[str, str] = ("eigenvalues", "eigenvectors")) -> None:
     """A held eigendecomposition: both or neither, ``vectors`` d x m, ``values`` (m,) sorted."""
     if (values is None) != (vectors is None):
         raise ValueError(f"checkpoint entries {key}/{names[0]!s} and {key}/{names[1]!s} must be given together")

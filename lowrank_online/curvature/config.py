@@ -30,6 +30,7 @@ _CONSTRAINTS: dict[str, list[Any]] = {
     "damping": [_POSITIVE_REAL, Schedule()],
     "damping_mode": [Options(MODES)],
     "min_damping": [_POSITIVE_REAL],
+    "gradient_damping": [Interval(numbers.Real, 0.0, None)],
     "damping_adaptation": [NoneValue(), Options(("lm",))],
     "continuation": [Boolean()],
     "rank": [_POSITIVE_INT, Schedule()],
@@ -66,6 +67,7 @@ class CurvatureConfig:
     damping: float | Callable[[int], float] = 0.1
     damping_mode: str = "relative"
     min_damping: float = 1e-8
+    gradient_damping: float = 0.0
     damping_adaptation: str | None = None
     continuation: bool = True
     rank: int | Callable[[int], int] = 64
@@ -88,7 +90,8 @@ class CurvatureConfig:
     def __post_init__(self) -> None:
         registry.lookup(self.method, "method")
         if not isinstance(self.layer_methods, Mapping):
-            raise TypeError(f"`layer_methods` must be a dict {{layer name: method}}, got {type(self.layer_methods).__name__}")
+            raise TypeError("`layer_methods` must be a dict {layer name: method}, got "
+                            f"{type(self.layer_methods).__name__}")
         for key, value in self.layer_methods.items():
             if not isinstance(key, str):
                 raise TypeError(f"`layer_methods` keys must be layer names (str), got {key!r}")

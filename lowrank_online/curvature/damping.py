@@ -10,6 +10,14 @@ the same thing everywhere:
   ``pi^2 = (tr F_1 / d_1) / (tr F_2 / d_2)``; a single spectrum (EKFAC's) takes ``gamma``;
 * ``"absolute"``: ``lambda_i = value`` on each factor.
 
+A gradient floor (``gradient_damping = c > 0``) then raises the dampings of a layer together
+(their ratio kept) until their product is at least ``c |grad|_F^2``: the empirical Fisher of a
+batch satisfies ``E[vec(grad_i) vec(grad_i)^T] >= vec(grad) vec(grad)^T``, so ``|grad|_F^2``
+is a lower bound on the largest curvature the batch's own gradients carry. When the model's
+(Monte Carlo) Fisher has shrunk below it, late in training or on confidently misclassified
+samples, the relative damping shrinks with the Fisher and the step ``(F + lambda)^{-1} grad``
+grows without bound; the floor keeps it in proportion to the gradient.
+
 Trace convention: the trace of the matrix the solve actually uses, i.e. of the applied
 representation with its continued tail when spectrum continuation is on (paper 001,
 Sec. 3.5), and of the full factor for full-rank representations.
@@ -19,11 +27,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-__all__ = ["MODES", "Spectrum", "factor_dampings"]
+__all__ = ["MODES", "Damping", "Spectrum", "factor_dampings"]
 
 MODES = ("relative", "pi", "absolute")
+
+
+class Damping(NamedTuple):
+    """The damping parameters of one step: the mode's ``value`` and the gradient floor's ``c``,
+    both already multiplied by any Levenberg-Marquardt scale."""
+
+    value: float
+    gradient: float = 0.0
+
+    def floor(self, grad_sq: float) -> float:
+        """The lower bound of the dampings' product for a gradient of squared norm ``grad_sq``."""
+        return self.gradient * grad_sq
 
 
 class Spectrum(NamedTuple):
@@ -34,8 +54,10 @@ class Spectrum(NamedTuple):
     dim: int
 
 
-def factor_dampings(mode: str, value: float, spectra: Sequence[Spectrum], *, floor: float) -> tuple[float, ...]:
-    """One damping per factor of ``spectra`` under ``mode``; each at least ``floor``.
+def factor_dampings(mode: str, value: float, spectra: Sequence[Spectrum], *, floor: float,
+                    total_floor: float = 0.0) -> tuple[float, ...]:
+    """One damping per factor of ``spectra`` under ``mode``; each at least ``floor``, and their
+    product at least ``total_floor`` (the gradient floor).
 
     For two factors the order is (input side ``A``, output side ``Gamma``), which fixes the
     side that ``pi`` multiplies.
@@ -48,6 +70,8 @@ def factor_dampings(mode: str, value: float, spectra: Sequence[Spectrum], *, flo
     (0.4, 0.1)
     >>> factor_dampings("pi", 0.01, [A, G], floor=1e-8)  # pi = sqrt((8/4) / (1/2)) = 2
     (0.2, 0.05)
+    >>> factor_dampings("relative", 0.5, [A, G], floor=1e-8, total_floor=4.0)  # (2, 0.5), raised 2x
+    (4.0, 1.0)
     """
     if mode == "relative":
         lam = [value * s.top for s in spectra]
@@ -65,4 +89,19 @@ def factor_dampings(mode: str, value: float, spectra: Sequence[Spectrum], *, flo
             raise ValueError(f"the pi split is defined for one or two factors, got {len(spectra)}")
     else:
         raise ValueError(f"`damping_mode` must be one of {list(MODES)}, got {mode!r}")
-    return tuple(max(x, floor) for x in lam)
+    lam = [max(x, floor) for x in lam]
+    product = math.prod(lam)
+    if product < total_floor:
+        grow = (total_floor / product) ** (1.0 / len(lam))
+        lam = [x * grow for x in lam]
+    return tuple(lam)
+
+
+def squared_norm(grad: Any, xp: Any) -> float:
+    """``|grad|_F^2`` of a layer's gradient (for the gradient floor)."""
+    return float(xp.sum(grad * grad))
+
+
+def factored_squared_norm(G: Any, A: Any, xp: Any) -> float:
+    """``|G^T A|_F^2 = sum((G G^T) * (A A^T))`` without forming the ``d_out x d_in`` gradient."""
+    return float(xp.sum((G @ G.T) * (A @ A.T)))

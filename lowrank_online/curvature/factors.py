@@ -41,7 +41,7 @@ from .registry import MethodSpec
 __all__: list[str] = []
 
 # Fraction of the machine's GEMM rate reached by each kind of work, for the cost model of
-# "auto" (measured on the 2-core test machine, docs/performance.rst): large square products
+# the "by-cost" kind (measured on the 2-core test machine, docs/performance.rst): large square products
 # (the dense EA and the randomized EVD's products) run near the GEMM rate; the B-update's
 # tall-skinny products with r + n columns reach about a quarter of it.
 _GEMM_EFFICIENCY = {"dense": 0.8, "brand": 0.25}
@@ -63,7 +63,7 @@ class FactorSpec(NamedTuple):
 
 
 class FactorState(NamedTuple):
-    kind: str  # the resolved kind ("auto" is resolved at the first update)
+    kind: str  # the resolved kind ("by-cost" is resolved at the first update)
     dense: Any  # EA matrix (d x d), or None when the kind does not need it
     eigenvalues: Any  # held representation, descending (None before the first inverse)
     eigenvectors: Any
@@ -76,7 +76,7 @@ def empty_state(kind: str) -> FactorState:
 
 
 def choose_kind(config: CurvatureConfig, d: int, n: int, step: int) -> str:
-    """``"brand"`` or ``"reigh"`` for an ``"auto"`` factor of width ``d`` fed ``n`` rows.
+    """``"brand"`` or ``"reigh"`` for a ``"by-cost"`` factor of width ``d`` fed ``n`` rows.
 
     Cost model, flops per statistics step weighted by the measured efficiency of each kind
     of work (:data:`_GEMM_EFFICIENCY`): a B-update compresses a batch of ``n > d`` rows to
@@ -205,7 +205,7 @@ def solve(state: FactorState, Y: Any, damping: float, rank: int, continuation: b
 
 def check(state: FactorState, d: int, declared: str, where: str) -> None:
     """``ValueError`` naming the entry when a restored factor is inconsistent."""
-    allowed = ("brand", "reigh") if declared == "auto" else (declared,)
+    allowed = ("brand", "reigh") if declared == "by-cost" else (declared,)
     if state.kind not in allowed:
         raise ValueError(f"checkpoint entry '{where}/kind' must be one of {list(allowed)}, got {state.kind!r}")
     _state.check_square(state.dense, d, f"{where}/dense")

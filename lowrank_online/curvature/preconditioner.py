@@ -29,6 +29,7 @@ import array_api_compat
 from .. import _array, _linalg
 from . import _legacy, _state, registry
 from .config import CurvatureConfig
+from .damping import Damping
 from .families import Family, LayerShape, build
 
 __all__ = ["KFACPreconditioner", "LayerState", "kl_clip_scale"]
@@ -126,10 +127,16 @@ class KFACPreconditioner:
     damping_mode : {"relative", "pi", "absolute"}
     min_damping : float
         Floor of every factor's damping (default 1e-8).
+    gradient_damping : float
+        Gradient floor ``c`` (default 0: off): each layer's dampings are raised together until
+        their product is at least ``c |grad|_F^2``, a lower bound on the curvature the batch's
+        own gradients carry (see :mod:`lowrank_online.curvature.damping`). It keeps steps in
+        proportion when the model's Fisher shrinks faster than the gradient, the cause of the
+        late-training loss spikes under relative damping (measured in the curvature docs).
     damping_adaptation : {None, "lm"}
         ``"lm"``: Levenberg-Marquardt adaptation of the damping (Martens & Grosse 2015,
-        Sec. 6.5) from the reduction ratio reported through :meth:`adapt_damping`; the
-        configured ``damping`` is multiplied by a scale that shrinks by 19/20 when a step
+        Sec. 6.5) from the reduction ratio reported through :meth:`adapt_damping`; ``damping``
+        and ``gradient_damping`` are multiplied by a scale that shrinks by 19/20 when a step
         achieves more than 3/4 of the predicted decrease and grows by 20/19 when it achieves
         less than 1/4. Default None (the damping follows ``damping`` alone).
     continuation : bool
@@ -217,6 +224,7 @@ class KFACPreconditioner:
         damping: float | Callable[[int], float] = 0.1,
         damping_mode: str = "relative",
         min_damping: float = 1e-8,
+        gradient_damping: float = 0.0,
         damping_adaptation: str | None = None,
         continuation: bool = True,
         rank: int | Callable[[int], int] = 64,
@@ -320,7 +328,8 @@ class KFACPreconditioner:
         _array.check_array(grad, "grad", xp, ndim=2)
         self._check_known(layer, known, xp, grad, "`grad`")
         if tuple(grad.shape) != (known.d_g, known.d_a):
-            raise ValueError(f"`grad` of layer {layer!r} must have shape {(known.d_g, known.d_a)}, got {tuple(grad.shape)}")
+            raise ValueError(f"`grad` of layer {layer!r} must have shape {(known.d_g, known.d_a)}, "
+                             f"got {tuple(grad.shape)}")
 
     # ---------------------------------------------------------------- operations
     def update(self, layer: str, a: Any, g: Any) -> None:
@@ -350,19 +359,25 @@ class KFACPreconditioner:
             return
         self._layers[layer] = known._replace(state=new)
 
-    def damping_value(self) -> float:
-        """The damping parameter at the current step: the configured ``damping`` (or its
-        schedule's value) times the Levenberg-Marquardt scale (1 without adaptation)."""
-        return self.config.damping_at(self.steps) * self._damping_scale
+    def damping_value(self) -> Damping:
+        """The damping parameters at the current step: the configured ``damping`` (or its
+        schedule's value) and ``gradient_damping``, times the Levenberg-Marquardt scale (1
+        without adaptation)."""
+        scale = self._damping_scale
+        return Damping(self.config.damping_at(self.steps) * scale, self.config.gradient_damping * scale)
 
-    def dampings(self, layer: str) -> tuple[float, ...]:
+    def dampings(self, layer: str, grad: Any = None) -> tuple[float, ...]:
         """Each factor's damping for ``layer`` at the current step: ``(lambda_A, lambda_Gamma)``
         for two-factor methods and Kronecker sums (applied to the first term's factors),
-        ``(lambda,)`` for EKFAC's scalings."""
+        ``(lambda,)`` for EKFAC's scalings. The gradient floor applies when ``grad`` is given."""
         known = self._layer(layer)
-        return known.family.dampings(known.state, self.damping_value(), self.steps)
+        grad_sq = 0.0
+        if grad is not None:
+            self._check_grad(layer, grad, known)
+            grad_sq = float(known.xp.sum(grad * grad))
+        return known.family.dampings(known.state, self.damping_value(), self.steps, grad_sq)
 
-    def _prepared(self, layer: str) -> tuple[_Layer, float]:
+    def _prepared(self, layer: str) -> tuple[_Layer, Damping]:
         known = self._layer(layer)
         value = self.damping_value()
         state = known.family.prepare(known.state, value, self.steps)
@@ -403,12 +418,16 @@ class KFACPreconditioner:
         known, value = self._prepared(layer)
         return known.family.precondition_factored(known.state, G, A, value, self.steps)
 
+    def clip_scale(self, steps: list[Any], grads: list[Any], lr: float) -> float:
+        """The KL-clipping factor of all layers' steps (1 when ``kl_clip`` is None)."""
+        if self.config.kl_clip is None or not steps:
+            return 1.0
+        xp = array_api_compat.array_namespace(steps[0])
+        return kl_clip_scale(steps, grads, lr, self.config.kl_clip, xp)
+
     def clip(self, steps: list[Any], grads: list[Any], lr: float) -> list[Any]:
         """Rescale all layers' steps by the KL-clipping factor (identity when ``kl_clip`` is None)."""
-        if self.config.kl_clip is None or not steps:
-            return steps
-        xp = array_api_compat.array_namespace(steps[0])
-        scale = kl_clip_scale(steps, grads, lr, self.config.kl_clip, xp)
+        scale = self.clip_scale(steps, grads, lr)
         return steps if scale == 1.0 else [s * scale for s in steps]
 
     # ---------------------------------------------------------------- damping adaptation
@@ -416,11 +435,11 @@ class KFACPreconditioner:
     def predicted_change(steps: list[Any], grads: list[Any], lr: float) -> float:
         """The damped quadratic model's predicted loss change of the update ``W <- W - lr step``.
 
-        With ``step = (F + lambda)^{-1} grad`` the model ``q(delta) = grad^T delta +
-        delta^T (F + lambda) delta / 2`` at ``delta = -lr step`` is
-        ``-lr (1 - lr / 2) sum_l <grad_l, step_l>`` (Martens & Grosse 2015, Sec. 6.5, with the
-        preconditioner's own curvature model). Pass the steps that were applied (after
-        clipping).
+        With ``step = (F + lambda)^{-1} grad`` (what :meth:`precondition` returns, before any
+        clipping) the model ``q(delta) = grad^T delta + delta^T (F + lambda) delta / 2`` at
+        ``delta = -lr step`` is ``-lr (1 - lr / 2) sum_l <grad_l, step_l>`` (Martens & Grosse
+        2015, Sec. 6.5, with the preconditioner's own curvature model). When the steps are
+        clipped by a factor ``c`` (:meth:`clip_scale`), pass ``lr * c``.
         """
         lr = _array.check_real(lr, "lr", low=0.0, low_open=True)
         if not steps:
@@ -512,7 +531,8 @@ class KFACPreconditioner:
         layers = {}
         for name, saved in saved_layers.items():
             layers[name] = self._restore(name, saved, xp, device)
-        skipped = {str(k): _state._integer(v, f"skipped_updates/{k}") for k, v in dict(state.get("skipped_updates", {})).items()}
+        skipped = {str(k): _state._integer(v, f"skipped_updates/{k}")
+                   for k, v in dict(state.get("skipped_updates", {})).items()}
         self._layers, self.steps, self._damping_scale, self.skipped_updates = layers, steps, scale, skipped
 
     def _restore(self, name: str, saved: Any, xp: Any, device: Any) -> _Layer:
@@ -530,12 +550,13 @@ class KFACPreconditioner:
         dev = device if device is not None else ns.__array_namespace_info__().default_device()
         dtype_name = str(saved["dtype"])
         if dtype_name not in ("float32", "float64"):
-            raise ValueError(f"checkpoint entry {where + '/dtype'!r} must be 'float32' or 'float64', got {dtype_name!r}")
+            raise ValueError(f"checkpoint entry '{where}/dtype' must be 'float32' or 'float64', got {dtype_name!r}")
         dtype = getattr(ns, dtype_name)
-        shape = LayerShape(_state._integer(saved["index"], f"{where}/index"), _state._integer(saved["d_a"], f"{where}/d_a"),
-                           _state._integer(saved["d_g"], f"{where}/d_g"), ns, dev)
+        index, d_a, d_g = (_state._integer(saved[k], f"{where}/{k}") for k in ("index", "d_a", "d_g"))
+        shape = LayerShape(index, d_a, d_g, ns, dev)
         family = build(self.config, registry.lookup(method), shape)
-        restored = _state.from_dict(family.state_type, saved["state"], xp=ns, device=dev, dtype=dtype, where=f"{where}/state")
+        restored = _state.from_dict(family.state_type, saved["state"], xp=ns, device=dev, dtype=dtype,
+                                    where=f"{where}/state")
         family.check(restored, f"{where}/state")
         return _Layer(method, shape.index, shape.d_a, shape.d_g, ns, dev, dtype, family, restored)
 
@@ -548,4 +569,5 @@ def _namespace_by_name(name: str, key: str) -> Any:
     try:
         return importlib.import_module(known[name])
     except ImportError as err:
-        raise ValueError(f"checkpoint entry {key!r} needs the {name!r} namespace, which is not installed; pass `xp`") from err
+        raise ValueError(f"checkpoint entry {key!r} needs the {name!r} namespace, which is not installed; "
+                         "pass `xp`") from err

@@ -22,15 +22,17 @@ class MethodSpec(NamedTuple):
     ``kinds``
         K-FAC family: how each factor's inverse representation is maintained, for (A, Gamma):
         ``"eigh"`` (dense EVD), ``"reigh"`` (randomized EVD), ``"brand"`` (B-updates) or
-        ``"auto"`` (chosen per factor by the cost model of :func:`.factors.choose_kind`).
+        ``"by-cost"`` (chosen per factor by the cost model of :func:`.factors.choose_kind`).
     ``period``
         The configuration field that sets how often the inverse is recomputed.
     ``refresh`` / ``correct``
         B-updates plus the RSVD overwrite of Alg. 5 (every ``T_rsvd``) / the light correction
         of Alg. 6-7 (every ``T_corct``).
     ``estimator``
-        Pair and Kronecker-sum families: which statistic of the batch they average
-        (``"tkfac"``, ``"kpsvd"``, ``"deflation"``, ``"lanczos"``, ``"kfac-corrected"``).
+        Pair and Kronecker-sum families: which statistic of the batch they average: the
+        trace-restricted factors (``"trace-restricted"``), the nearest Kronecker product
+        (``"nearest"``), two terms by :func:`~lowrank_online.kpsvd`'s ``"deflation"`` or
+        ``"lanczos"``, or K-FAC plus its best correction (``"corrected"``).
     ``per_sample``
         EKFAC: scalings from per-sample second moments (True) or from the mini-batch gradient
         squared (False, EKFAC-ra).
@@ -58,14 +60,14 @@ _REGISTRY: dict[str, MethodSpec] = {
     "bkfac": MethodSpec("kfac", ("brand", "brand"), period="T_brand", paper="001 Alg. 4"),
     "brkfac": MethodSpec("kfac", ("brand", "brand"), period="T_brand", refresh=True, paper="001 Alg. 5"),
     "bkfacc": MethodSpec("kfac", ("brand", "brand"), period="T_brand", correct=True, paper="001 Alg. 6-7"),
-    "auto": MethodSpec("kfac", ("auto", "auto"), period="T_brand", paper="001 Sec. 3.5"),
+    "auto": MethodSpec("kfac", ("by-cost", "by-cost"), period="T_brand", paper="001 Sec. 3.5"),
     "ekfac": MethodSpec("ekfac", factored=False, paper="004 Alg. 1"),
     "ekfac-ra": MethodSpec("ekfac", per_sample=False, factored=False, paper="004 Sec. 3.2"),
-    "tkfac": MethodSpec("pair", estimator="tkfac", paper="003 eq. (4.9), (5.15)"),
-    "kpsvd": MethodSpec("pair", estimator="kpsvd", paper="002 Sec. 3.1"),
+    "tkfac": MethodSpec("pair", estimator="trace-restricted", paper="003 eq. (4.9), (5.15)"),
+    "kpsvd": MethodSpec("pair", estimator="nearest", paper="002 Sec. 3.1"),
     "deflation": MethodSpec("kronsum", estimator="deflation", factored=False, paper="002 Sec. 3.2.1"),
     "lanczos": MethodSpec("kronsum", estimator="lanczos", factored=False, paper="002 Sec. 3.2.2"),
-    "kfac-corrected": MethodSpec("kronsum", estimator="kfac-corrected", factored=False, paper="002 Sec. 3.3"),
+    "kfac-corrected": MethodSpec("kronsum", estimator="corrected", factored=False, paper="002 Sec. 3.3"),
 }
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)

@@ -157,6 +157,12 @@ class KronSumInverse:
     pi : float, optional
         The split of the damping between the two sides. Default: the trace-norm choice
         ``pi = sqrt((tr A / p) / (tr B / q))``.
+    eigenvalue_floor : float, optional
+        Replace the pencil's eigenvalues ``1 + s1_i s2_j`` below this value by it, which makes
+        the solver the inverse of a positive definite matrix ``>= floor * (A ⊗ B)`` even when
+        ``A ⊗ B + C ⊗ D`` is indefinite (a Kronecker-sum *approximation* of a PSD matrix can
+        be: its second term is fitted in Frobenius norm, not constrained to keep the sum PSD).
+        ``None`` (default) solves with the sum as given.
     check_finite : bool, optional
         Check the inputs for NaN and infinity. Default True.
 
@@ -167,8 +173,9 @@ class KronSumInverse:
     basis_right : array, shape (q, q)
         ``K2`` with ``K2^T B K2 = I`` and ``K2^T D K2 = diag(s2)``.
     eigenvalues : array, shape (p, q)
-        ``1 + s1 s2^T``, the eigenvalues of the pencil ``(A ⊗ B + C ⊗ D, A ⊗ B)``; the sum is
-        positive definite exactly when all are positive (see :attr:`positive_definite`).
+        ``1 + s1 s2^T``, the eigenvalues of the pencil ``(A ⊗ B + C ⊗ D, A ⊗ B)`` (after
+        ``eigenvalue_floor``); the sum is positive definite exactly when all are positive (see
+        :attr:`positive_definite`).
 
     Raises
     ------
@@ -226,6 +233,7 @@ class KronSumInverse:
         *,
         damping: float = 0.0,
         pi: float | None = None,
+        eigenvalue_floor: float | None = None,
         check_finite: bool = True,
     ) -> None:
         names = (("A", A), ("B", B), ("C", C), ("D", D))
@@ -263,6 +271,9 @@ class KronSumInverse:
         K1, s1 = _whitened_eigh(Ac, None if C is None else be.to_core(C), "A", "C", be)
         K2, s2 = _whitened_eigh(Bc, None if D is None else be.to_core(D), "B", "D", be)
         mu = 1.0 + s1[:, None] * s2[None, :]
+        if eigenvalue_floor is not None:
+            floor = _array.check_real(eigenvalue_floor, "eigenvalue_floor", low=0.0, low_open=True)
+            mu = be.cxp.clip(mu, min=floor)
         top = float(be.cxp.max(be.cxp.abs(mu)))
         low = float(be.cxp.min(be.cxp.abs(mu)))
         if not low > 4 * max(p, q) * be.eps * top:

@@ -102,7 +102,9 @@ def train(
     (``fisher="mc"``, true Fisher) or the data targets' statistics (``"empirical"``), fed to
     ``preconditioner.update``; then the preconditioned directions (``factored=True`` uses the
     linear-time application of paper 001 Alg. 8), KL-clipping if configured, and the optimizer
-    step. Curvature work (statistics pass, factor updates, inverse updates, application) is
+    step; with ``damping_adaptation="lm"`` one more forward pass measures the step's loss change
+    for :meth:`~lowrank_online.curvature.KFACPreconditioner.adapt_damping`. Curvature work
+    (statistics pass, factor updates, inverse updates, application, damping adaptation) is
     timed separately and reported as ``curvature_time``.
     """
     xp = model.xp
@@ -138,16 +140,26 @@ def train(
                     for name, st in zip(names, fstats, strict=True):
                         preconditioner.update(name, st.a, st.g)
                 if factored:
-                    directions = []
+                    raw = []
                     for name, st in zip(names, stats, strict=True):
                         G_t, A_t = preconditioner.precondition_factored(name, st.g / st.g.shape[0], st.a)
-                        directions.append(G_t.T @ A_t)
+                        raw.append(G_t.T @ A_t)
                 else:
-                    directions = [preconditioner.precondition(name, g) for name, g in zip(names, grads, strict=True)]
-                directions = preconditioner.clip(directions, grads, optimizer.lr)
-                preconditioner.step()
+                    raw = [preconditioner.precondition(name, g) for name, g in zip(names, grads, strict=True)]
+                scale = preconditioner.clip_scale(raw, grads, optimizer.lr)
+                directions = raw if scale == 1.0 else [d * scale for d in raw]
                 curv += time.perf_counter() - t0
             optimizer.step(model, directions)
+            if preconditioner is not None:
+                t0 = time.perf_counter()
+                if preconditioner.config.damping_adaptation == "lm":
+                    # Levenberg-Marquardt: the loss change the step achieved on its own batch
+                    # (one more forward pass) against the quadratic model's prediction.
+                    after = loss.value(model.forward(Xb, store=False), yb, xp)
+                    predicted = preconditioner.predicted_change(raw, grads, optimizer.lr * scale)
+                    preconditioner.adapt_damping(float(after) - float(losses[-1]), predicted)
+                preconditioner.step()
+                curv += time.perf_counter() - t0
             step += 1
         train_loss = float(xp.mean(xp.stack(losses))) if losses else float("nan")
         elapsed = time.perf_counter() - t_epoch

@@ -11,10 +11,11 @@ from typing import Any, NamedTuple
 
 from .. import factors
 from ..config import CurvatureConfig
-from ..damping import factor_dampings
+from ..damping import Damping, factor_dampings, factored_squared_norm, squared_norm
 from ..factors import FactorState
 from ..factors import check as factor_check
 from ..registry import MethodSpec
+from ._base import Family, LayerShape
 
 __all__ = ["KFACState"]
 
@@ -24,12 +25,12 @@ class KFACState(NamedTuple):
     G: FactorState  # output side, d_g x d_g
 
 
-def build(config: CurvatureConfig, method: MethodSpec, shape: Any) -> dict[str, Any]:
+def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Family:
     xp, d_a, d_g = shape.xp, shape.d_a, shape.d_g
     seeds = {"A": (config.seed, shape.index, 0), "G": (config.seed, shape.index, 1)}
 
     def _kind(declared: str, d: int, n: int, step: int) -> str:
-        return factors.choose_kind(config, d, n, step) if declared == "auto" else declared
+        return factors.choose_kind(config, d, n, step) if declared == "by-cost" else declared
 
     def init(a: Any, g: Any, step: int) -> KFACState:
         n = a.shape[0]
@@ -42,23 +43,24 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: Any) -> dict[str, 
         new_g = factors.update(state.G, g, step, factors.spec(method, state.G.kind, seeds["G"]), config, xp)
         return KFACState(new_a, new_g)
 
-    def prepare(state: KFACState, damping: float, step: int) -> KFACState:
+    def prepare(state: KFACState, damping: Damping, step: int) -> KFACState:
         return state
 
-    def dampings(state: KFACState, damping: float, step: int) -> tuple[float, float]:
+    def dampings(state: KFACState, damping: Damping, step: int, grad_sq: float = 0.0) -> tuple[float, float]:
         r, c = config.rank_at(step), config.continuation
         spectra = [factors.spectrum(state.A, d_a, r, c, xp), factors.spectrum(state.G, d_g, r, c, xp)]
-        return factor_dampings(config.damping_mode, damping, spectra, floor=config.min_damping)
+        return factor_dampings(config.damping_mode, damping.value, spectra, floor=config.min_damping,
+                               total_floor=damping.floor(grad_sq))
 
-    def precondition(state: KFACState, grad: Any, damping: float, step: int) -> Any:
-        lam_a, lam_g = dampings(state, damping, step)
+    def precondition(state: KFACState, grad: Any, damping: Damping, step: int) -> Any:
+        lam_a, lam_g = dampings(state, damping, step, squared_norm(grad, xp) if damping.gradient else 0.0)
         r, c = config.rank_at(step), config.continuation
         right = factors.solve(state.A, grad.T, lam_a, r, c, xp).T  # grad A^{-1}
         return factors.solve(state.G, right, lam_g, r, c, xp)  # Gamma^{-1} grad A^{-1}
 
-    def precondition_factored(state: KFACState, G: Any, A: Any, damping: float, step: int) -> tuple[Any, Any]:
+    def precondition_factored(state: KFACState, G: Any, A: Any, damping: Damping, step: int) -> tuple[Any, Any]:
         # Alg. 8: (Gamma^{-1} G^T)(A A^{-1}): each factor O(r d N), never d_out x d_in.
-        lam_a, lam_g = dampings(state, damping, step)
+        lam_a, lam_g = dampings(state, damping, step, factored_squared_norm(G, A, xp) if damping.gradient else 0.0)
         r, c = config.rank_at(step), config.continuation
         return (factors.solve(state.G, G.T, lam_g, r, c, xp).T, factors.solve(state.A, A.T, lam_a, r, c, xp).T)
 
@@ -77,5 +79,4 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: Any) -> dict[str, 
         for side, f, d in (("A", state.A, d_a), ("G", state.G, d_g)):
             factor_check(f, d, method.kinds[0 if side == "A" else 1], f"{where}/{side}")
 
-    return {"init": init, "update": update, "prepare": prepare, "dampings": dampings, "precondition": precondition,
-            "precondition_factored": precondition_factored, "describe": describe, "check": check, "state_type": KFACState}
+    return Family(init, update, prepare, dampings, precondition, precondition_factored, describe, check, KFACState)

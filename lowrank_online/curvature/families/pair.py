@@ -24,8 +24,9 @@ from ...kronecker import KronSum, kpsvd, tkfac_factors
 from ...solve import _damped_solve
 from .. import _state
 from ..config import CurvatureConfig
-from ..damping import Spectrum, factor_dampings
+from ..damping import Damping, Spectrum, factor_dampings, factored_squared_norm, squared_norm
 from ..registry import MethodSpec
+from ._base import Family, LayerShape
 
 __all__ = ["PairState"]
 
@@ -61,7 +62,7 @@ def psd_eigh(M: Any, xp: Any) -> tuple[Any, Any]:
     return xp.clip(w, min=0.0), V
 
 
-def build(config: CurvatureConfig, method: MethodSpec, shape: Any) -> dict[str, Any]:
+def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Family:
     xp, d_a, d_g = shape.xp, shape.d_a, shape.d_g
 
     def _tkfac(state: PairState, a: Any, g: Any, step: int) -> tuple[Any, Any, Any, Any, Any]:
@@ -74,12 +75,13 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: Any) -> dict[str, 
     def _kpsvd(state: PairState, a: Any, g: Any, step: int) -> tuple[Any, Any, Any, Any, Any]:
         init = None if state.left is None else KronSum((state.left,), (state.right,))
         with inner_solve():
-            ks = kpsvd(a, g, terms=1, method="power", init=init, seed=np.random.default_rng([config.seed, shape.index, step]),
-                       tol=config.kron_tol, max_iter=config.kron_max_iter, check_finite=False)
+            rng = np.random.default_rng([config.seed, shape.index, step])
+            ks = kpsvd(a, g, terms=1, method="power", init=init, seed=rng, tol=config.kron_tol,
+                       max_iter=config.kron_max_iter, check_finite=False)
         L, R = ea(state.left, ks.left[0], config.decay), ea(state.right, ks.right[0], config.decay)
         return None, L, R, L, R
 
-    estimate = {"tkfac": _tkfac, "kpsvd": _kpsvd}[method.estimator]
+    estimate = {"trace-restricted": _tkfac, "nearest": _kpsvd}[method.estimator]
 
     def init(a: Any, g: Any, step: int) -> PairState:
         return update(PairState(None, None, None, None, None, None, None, 0), a, g, step)
@@ -92,24 +94,25 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: Any) -> dict[str, 
             rv, rq = psd_eigh(right, xp)
         return PairState(delta, left_ea, right_ea, lv, lq, rv, rq, state.n_stats + 1)
 
-    def prepare(state: PairState, damping: float, step: int) -> PairState:
+    def prepare(state: PairState, damping: Damping, step: int) -> PairState:
         return state
 
-    def dampings(state: PairState, damping: float, step: int) -> tuple[float, float]:
+    def dampings(state: PairState, damping: Damping, step: int, grad_sq: float = 0.0) -> tuple[float, float]:
         """(input side, output side), as for K-FAC."""
         spectra = []
         for values, d in ((state.right_values, d_a), (state.left_values, d_g)):
             top, total = _array.to_floats(xp, values[0], xp.sum(values))
             spectra.append(Spectrum(top, total, d))
-        return factor_dampings(config.damping_mode, damping, spectra, floor=config.min_damping)
+        return factor_dampings(config.damping_mode, damping.value, spectra, floor=config.min_damping,
+                               total_floor=damping.floor(grad_sq))
 
-    def precondition(state: PairState, grad: Any, damping: float, step: int) -> Any:
-        lam_r, lam_l = dampings(state, damping, step)
+    def precondition(state: PairState, grad: Any, damping: Damping, step: int) -> Any:
+        lam_r, lam_l = dampings(state, damping, step, squared_norm(grad, xp) if damping.gradient else 0.0)
         right = _damped_solve(state.right_values, state.right_vectors, grad.T, lam_r, False, xp).T
         return _damped_solve(state.left_values, state.left_vectors, right, lam_l, False, xp)
 
-    def precondition_factored(state: PairState, G: Any, A: Any, damping: float, step: int) -> tuple[Any, Any]:
-        lam_r, lam_l = dampings(state, damping, step)
+    def precondition_factored(state: PairState, G: Any, A: Any, damping: Damping, step: int) -> tuple[Any, Any]:
+        lam_r, lam_l = dampings(state, damping, step, factored_squared_norm(G, A, xp) if damping.gradient else 0.0)
         G_t = _damped_solve(state.left_values, state.left_vectors, G.T, lam_l, False, xp).T
         A_t = _damped_solve(state.right_values, state.right_vectors, A.T, lam_r, False, xp).T
         return G_t, A_t
@@ -131,5 +134,4 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: Any) -> dict[str, 
         if state.left_values is None or state.left is None or state.right is None:
             raise ValueError(f"checkpoint entry {where!r} lacks its factors or their decompositions")
 
-    return {"init": init, "update": update, "prepare": prepare, "dampings": dampings, "precondition": precondition,
-            "precondition_factored": precondition_factored, "describe": describe, "check": check, "state_type": PairState}
+    return Family(init, update, prepare, dampings, precondition, precondition_factored, describe, check, PairState)

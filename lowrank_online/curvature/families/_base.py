@@ -1,0 +1,55 @@
+"""The protocol every method family implements: its layer's description and its functions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+__all__ = ["Family", "LayerShape"]
+
+
+class LayerShape(NamedTuple):
+    """What a family knows of its layer: its position (for seeds), widths and namespace."""
+
+    index: int
+    d_a: int  # input side, bias column included
+    d_g: int  # output side
+    xp: Any
+    device: Any
+
+
+class Family(NamedTuple):
+    """The pure functions of one layer's curvature.
+
+    ``init(a, g, step) -> state``
+        the state after the first statistics batch;
+    ``update(state, a, g, step) -> state``
+        one more statistics batch (the exponential averages and, when due, the inverse);
+    ``prepare(state, damping, step) -> state``
+        make the solve current for the damping value (the Kronecker-sum solver depends on
+        it; the identity elsewhere), so that ``precondition`` only applies;
+    ``dampings(state, damping, step) -> tuple``
+        the damping of each factor under the configured mode (:mod:`..damping`);
+    ``precondition(state, grad, damping, step) -> step``
+        ``F^{-1} grad`` in the weight's ``d_out x d_in`` layout;
+    ``precondition_factored(state, G, A, damping, step) -> (G~, A~)``
+        ``step = G~^T A~`` for ``grad = G^T A`` (paper 001, Alg. 8 where the family has two
+        factors; ``(I, step)`` otherwise);
+    ``describe(state, step) -> dict``
+        kinds, held and applied ranks and eigenvalues, for :meth:`layer_state`;
+    ``check(state, where)``
+        raise ``ValueError`` naming the entry when a restored state is inconsistent (shapes,
+        sorted non-negative spectra, counters);
+    ``state_type``
+        the state's NamedTuple class (checkpoints rebuild it).
+    """
+
+    init: Callable[..., Any]
+    update: Callable[..., Any]
+    prepare: Callable[..., Any]
+    dampings: Callable[..., tuple[float, ...]]
+    precondition: Callable[..., Any]
+    precondition_factored: Callable[..., tuple[Any, Any]]
+    describe: Callable[..., dict[str, Any]]
+    check: Callable[..., None]
+    state_type: type
