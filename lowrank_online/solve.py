@@ -59,9 +59,10 @@ def damped_solve(
               + \tfrac{1}{\lambda} X,
 
     exact for orthonormal Q (the inverse of the damped low-rank matrix, not an
-    approximation of it). The bracket is evaluated as ``-L / (lambda (L + lambda))``, which
-    does not cancel when ``L << lambda``. Cost ``4 d r k + O(d k)`` flops, memory
-    ``O(r k)`` besides the output: no d x d matrix is formed.
+    approximation of it). The bracket is evaluated as ``-(L / (L + lambda)) / lambda``, which
+    does not cancel when ``L << lambda`` and does not overflow at any representable scale.
+    Cost ``4 d r k + O(d k)`` flops, memory ``O(r k)`` besides the output: no d x d matrix is
+    formed.
 
     With Dask arrays chunked by rows the result is chunked like ``X`` (``X`` is rechunked
     to the rows of ``eigenvectors``); ``Q^T X`` is the only value that reaches the client.
@@ -120,6 +121,8 @@ def _damped_solve(
     if check_finite:
         be.watch(("eigenvalues", L), ("eigenvectors", Q), ("X", X))
     X = be.persist(X)
-    coef = -L / (damping * (L + damping))
+    # -L / (lambda (L + lambda)), evaluated as a ratio in [0, 1] over lambda: no cancellation
+    # when L << lambda and no overflow of the product at large scales.
+    coef = -(L / (L + damping)) / damping
     Y = be.matmul(Q, coef[:, None] * be.small(Q.T @ X)) + X / damping
     return be.persist(Y[:, 0] if vector else Y)

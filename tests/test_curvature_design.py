@@ -234,11 +234,15 @@ def test_levenberg_marquardt_moves_the_damping_with_the_reduction_ratio(tmp_path
     rng = np.random.default_rng(5)
     pre = _fed("kfac", _stream(rng, 2), damping_adaptation="lm", gradient_damping=0.5)
     base = pre.damping_value()
-    assert pre.adapt_damping(-0.9, -1.0) == pytest.approx(19 / 20)  # better than 3/4 of predicted
-    assert pre.adapt_damping(-0.5, -1.0) == pytest.approx(19 / 20)  # in between: unchanged
-    assert pre.adapt_damping(+0.1, -1.0) == pytest.approx(1.0)  # the loss rose: more damping
-    assert pre.adapt_damping(float("nan"), -1.0) == pytest.approx(20 / 19)
+    assert pre.adapt_damping(-0.9, -1.0) == 1.0  # better than 3/4 of predicted, but 1 is the floor
+    assert pre.adapt_damping(+0.1, -1.0) == pytest.approx(20 / 19)  # the loss rose: more damping
+    assert pre.adapt_damping(-0.5, -1.0) == pytest.approx(20 / 19)  # in between: unchanged
+    assert pre.adapt_damping(float("nan"), -1.0) == pytest.approx((20 / 19) ** 2)
+    assert pre.adapt_damping(-0.8, -1.0) == pytest.approx(20 / 19)  # gives it back
     assert pre.damping_value() == Damping(base.value * 20 / 19, base.gradient * 20 / 19)
+    for _ in range(1000):
+        pre.adapt_damping(1.0, -1.0)
+    assert pre.adapt_damping(1.0, -1.0) == 1e4
     save_state(tmp_path / "p.npz", pre.state_dict())
     other = KFACPreconditioner("kfac", damping_adaptation="lm", gradient_damping=0.5)
     other.load_state_dict(load_state(tmp_path / "p.npz"))

@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
+
+from .. import _array
 from . import registry
 
 __all__: list[str] = []
@@ -79,7 +82,13 @@ def _pair(saved: dict[str, Any]) -> dict[str, Any]:
 def _kronsum(saved: dict[str, Any]) -> dict[str, Any]:
     arrays = saved["arrays"]
     keys = ("L0", "R0", "L1", "R1")
-    return {"average": {k: arrays[k] for k in keys}, "frozen": {k: arrays[f"inv_{k}"] for k in keys},
+    frozen = {k: arrays[f"inv_{k}"] for k in keys}
+    spectra = []  # format 2 keeps the frozen first term's spectra; 0.1.0 recomputed them per solve
+    for key in ("R0", "L0"):
+        M = np.asarray(_array.to_numpy(frozen[key]))
+        w = np.linalg.eigvalsh((M + M.T) / 2)
+        spectra += [w[-1], w.sum()]
+    return {"average": {k: arrays[k] for k in keys}, "frozen": frozen, "spectra": np.asarray(spectra, dtype=M.dtype),
             "n_stats": saved["n_stats"], "n_inv": saved["n_inv"]}
 
 

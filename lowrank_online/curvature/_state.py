@@ -36,6 +36,33 @@ def to_dict(state: Any) -> dict[str, Any]:
     return out
 
 
+def map_arrays(state: Any, fn: Any) -> Any:
+    """``state`` with ``fn`` applied to every array (nested states included)."""
+    values = []
+    for value in state:
+        if _is_state(value):
+            value = map_arrays(value, fn)
+        elif _array.is_array(value):
+            value = fn(value)
+        values.append(value)
+    return type(state)(*values)
+
+
+def all_finite(state: Any, xp: Any) -> bool:
+    """Whether every array of ``state`` (nested states included) is finite."""
+    flags = []
+
+    def visit(s: Any) -> None:
+        for value in s:
+            if _is_state(value):
+                visit(value)
+            elif _array.is_array(value) and value.ndim and value.shape[0]:
+                flags.append(xp.all(xp.isfinite(value)))
+
+    visit(state)
+    return all(bool(f) for f in flags)
+
+
 def _parts(hint: Any) -> tuple[Any, bool]:
     """The non-None type of an annotation and whether ``None`` is allowed."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):

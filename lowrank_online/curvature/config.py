@@ -48,6 +48,7 @@ _CONSTRAINTS: dict[str, list[Any]] = {
     "kron_tol": [_POSITIVE_REAL],
     "kron_max_iter": [_POSITIVE_INT],
     "inv_dtype": [NoneValue(), Options(("float32", "float64"))],
+    "max_failures": [_POSITIVE_INT],
     "seed": [_NONNEGATIVE_INT],
 }
 
@@ -85,6 +86,7 @@ class CurvatureConfig:
     kron_tol: float = 1e-3
     kron_max_iter: int = 100
     inv_dtype: str | None = None
+    max_failures: int = 10
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import array_api_compat
+import numpy as np
 
 from .. import _array, _linalg
 from . import _legacy, _state, registry
@@ -40,7 +41,11 @@ STATE_FORMAT = 2
 
 # Levenberg-Marquardt adaptation (Martens & Grosse 2015, Sec. 6.5): the damping is multiplied
 # by OMEGA when the step did better than 3/4 of what the quadratic model predicted, and divided
-# by it when it did worse than 1/4; the scale stays within [1/LM_RANGE, LM_RANGE].
+# by it when it did worse than 1/4. The scale stays within [1, LM_RANGE]: the configured damping
+# is a floor that LM adds to and gives back. Letting it fall below 1 (as M&G, who start from a
+# large damping) let long runs of good steps shrink it 100-fold and the next bad step spike:
+# measured on the digits example, 3 seeds x 10 epochs, kfac's worst rebound was 16x with the
+# scale free and 3x with it held at 1 or above (docs: curvature, "Stability").
 LM_OMEGA = 19.0 / 20.0
 LM_RANGE = 1e4
 
@@ -136,9 +141,10 @@ class KFACPreconditioner:
     damping_adaptation : {None, "lm"}
         ``"lm"``: Levenberg-Marquardt adaptation of the damping (Martens & Grosse 2015,
         Sec. 6.5) from the reduction ratio reported through :meth:`adapt_damping`; ``damping``
-        and ``gradient_damping`` are multiplied by a scale that shrinks by 19/20 when a step
-        achieves more than 3/4 of the predicted decrease and grows by 20/19 when it achieves
-        less than 1/4. Default None (the damping follows ``damping`` alone).
+        and ``gradient_damping`` are multiplied by a scale in ``[1, 1e4]`` that grows by 20/19
+        when a step achieves less than 1/4 of the predicted decrease and shrinks by 19/20 (not
+        below 1) when it achieves more than 3/4. Default None (the damping follows ``damping``
+        alone).
     continuation : bool
         Spectrum continuation for low-rank representations (paper 001, Sec. 3.5), default True.
     rank : int or callable
@@ -174,6 +180,9 @@ class KFACPreconditioner:
     inv_dtype : {None, "float32", "float64"}
         dtype of the dense eigendecompositions (kfac, rkfac, ekfac, the B-methods' refresh);
         default the statistics' dtype. The held factors stay in the statistics' dtype.
+    max_failures : int
+        Consecutive failed updates of one layer after which :meth:`update` raises instead of
+        skipping (default 10).
     seed : int
         Base seed of the randomized decompositions (derived per layer, factor and step, so
         runs are reproducible and resumable without RNG state).
@@ -242,6 +251,7 @@ class KFACPreconditioner:
         kron_tol: float = 1e-3,
         kron_max_iter: int = 100,
         inv_dtype: str | None = None,
+        max_failures: int = 10,
         seed: int = 0,
     ) -> None:
         options = dict(locals())
@@ -250,6 +260,7 @@ class KFACPreconditioner:
         self.config = CurvatureConfig(**options)
         self.steps = 0
         self.skipped_updates: dict[str, int] = {}
+        self._failures: dict[str, int] = {}  # consecutive failures per layer
         self._damping_scale = 1.0
         self._layers: dict[str, _Layer] = {}
 
@@ -336,28 +347,81 @@ class KFACPreconditioner:
         """Feed one batch of statistics of ``layer``: activations ``a`` (N x d_in, ones column
         included by the caller for a bias) and pre-activation gradients ``g`` (N x d_out).
 
-        Rejected input (bad shape, dtype, namespace, device, non-finite values) raises and leaves
-        the preconditioner untouched; a decomposition that fails keeps the previous
-        representation of the layer, counts the skip in :attr:`skipped_updates` and warns.
+        Rejected input (bad shape, dtype, namespace, device, non-finite values, a schedule
+        returning a bad value) raises and leaves the preconditioner untouched. An update whose
+        computation fails (a decomposition that does not converge, a state that overflows, as a
+        batch scaled by 1e200 would make it) is retried in float64 when the layer holds float32;
+        if that fails too, the layer keeps its previous state, the skip is counted in
+        :attr:`skipped_updates` and the first one of each layer is reported by a
+        ``RuntimeWarning``. After ``max_failures`` consecutive failures of a layer the update
+        raises :class:`~lowrank_online.DecompositionError`: a stream that is broken for good
+        does not go on silently.
         """
         xp = self._check_stats(layer, a, g)
+        self._check_schedules(self.steps)
         known = self._layers.get(layer)
         if known is None:
             method = self.config.method_of(layer)
             shape = LayerShape(len(self._layers), int(a.shape[1]), int(g.shape[1]), xp, _array.device(a))
             family = build(self.config, registry.lookup(method), shape)
             known = _Layer(method, shape.index, shape.d_a, shape.d_g, xp, shape.device, a.dtype, family, None)
-        try:
-            if known.state is None:
-                new = known.family.init(a, g, self.steps)
+        new, reason = self._attempt(known, known.state, a, g)
+        if new is None and _array.is_float32(xp, known.dtype) and _array.core_dtype(xp, known.device) == xp.float64:
+            def up(x: Any) -> Any:
+                return _array.astype(x, xp.float64, xp)
+
+            state64 = None if known.state is None else _state.map_arrays(known.state, up)
+            new64, reason64 = self._attempt(known, state64, up(a), up(g))
+            if new64 is not None:
+                new = _state.map_arrays(new64, lambda x: _array.astype(x, xp.float32, xp))
+                if not _state.all_finite(new, xp):
+                    new, reason = None, f"{reason}; in float64 the new state does not fit float32"
             else:
-                new = known.family.update(known.state, a, g, self.steps)
-        except _linalg.DecompositionError as err:
-            self.skipped_updates[layer] = self.skipped_updates.get(layer, 0) + 1
-            warnings.warn(f"layer {layer!r}: curvature update skipped at step {self.steps}: {err}", RuntimeWarning,
-                          stacklevel=2)
+                reason = f"{reason}; in float64: {reason64}"
+        if new is None:
+            self._failed(layer, reason)
             return
+        self._failures.pop(layer, None)
         self._layers[layer] = known._replace(state=new)
+
+    def _attempt(self, known: _Layer, state: Any, a: Any, g: Any) -> tuple[Any, str]:
+        """``(new state, "")``, or ``(None, why)`` when the computation failed numerically.
+
+        Overflow is detected on the result (a non-finite state), so NumPy's floating-point
+        warnings about it are silenced here (the other namespaces do not warn).
+        """
+        try:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                if state is None:
+                    new = known.family.init(a, g, self.steps)
+                else:
+                    new = known.family.update(state, a, g, self.steps)
+        except _linalg._LINALG_ERRORS as err:
+            return None, str(err) or type(err).__name__
+        if not _state.all_finite(new, known.xp):
+            return None, "the new state holds NaN or infinity (statistics too large for the dtype?)"
+        return new, ""
+
+    def _failed(self, layer: str, reason: str) -> None:
+        count = self._failures.get(layer, 0) + 1
+        self._failures[layer] = count
+        self.skipped_updates[layer] = self.skipped_updates.get(layer, 0) + 1
+        if count >= self.config.max_failures:
+            raise _linalg.DecompositionError(
+                f"layer {layer!r}: {count} consecutive curvature updates failed (max_failures="
+                f"{self.config.max_failures}); the last at step {self.steps}: {reason}"
+            )
+        if self.skipped_updates[layer] == 1:
+            warnings.warn(f"layer {layer!r}: curvature update skipped at step {self.steps}: {reason}; the previous "
+                          "state is kept (skips are counted in `skipped_updates`; this warning is shown once per "
+                          "layer)", RuntimeWarning, stacklevel=3)
+
+    def _check_schedules(self, step: int) -> None:
+        """Evaluate the schedules of this step up front, so that a bad value is refused as
+        input (``ValueError`` naming the schedule and the step), not taken for a failure."""
+        self.config.rank_at(step)
+        self.config.held_rank_at(step)
+        self.config.oversample_at(step)
 
     def damping_value(self) -> Damping:
         """The damping parameters at the current step: the configured ``damping`` (or its
@@ -463,7 +527,7 @@ class KFACPreconditioner:
         if predicted < 0.0:
             ratio = actual / predicted if math.isfinite(actual) else -math.inf
             if ratio > 0.75:
-                self._damping_scale = max(self._damping_scale * LM_OMEGA, 1.0 / LM_RANGE)
+                self._damping_scale = max(self._damping_scale * LM_OMEGA, 1.0)
             elif ratio < 0.25:
                 self._damping_scale = min(self._damping_scale / LM_OMEGA, LM_RANGE)
         return self._damping_scale

@@ -11,6 +11,7 @@ factors are damped like K-FAC's (:mod:`..damping`).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -59,6 +60,7 @@ class SumSolver(NamedTuple):
 class KronSumState(NamedTuple):
     average: KronTerms  # the running average
     frozen: KronTerms  # the average at the last inverse step, used by the solves
+    spectra: Any  # (4,): largest eigenvalue and trace of the frozen R0, then of L0 (for the damping)
     solver: SumSolver | None
     n_stats: int
     n_inv: int
@@ -88,22 +90,29 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
                       ea(None if old is None else old[2 * i + 1], R, config.decay)]
         return KronTerms(*terms)
 
+    def _spectra(terms: KronTerms) -> Any:
+        """Largest eigenvalue and trace of R0 and L0, once per frozen sum (not per solve)."""
+        out = []
+        for M in (terms.R0, terms.L0):
+            w = _linalg.small_eigh(M, xp)[0]
+            out += [w[0], xp.sum(w)]
+        return xp.stack(out)
+
     def init(a: Any, g: Any, step: int) -> KronSumState:
         average = _average(None, _batch_sum(None, a, g, step))
-        return KronSumState(average, average, None, 1, 1)
+        return KronSumState(average, average, _spectra(average), None, 1, 1)
 
     def update(state: KronSumState, a: Any, g: Any, step: int) -> KronSumState:
         average = _average(state.average, _batch_sum(state, a, g, step))
         if step % config.T_inv == 0:
-            return KronSumState(average, average, None, state.n_stats + 1, state.n_inv + 1)
+            # the old solver stays (stale, told by its n_inv) as the fallback of the next solve
+            return KronSumState(average, average, _spectra(average), state.solver, state.n_stats + 1, state.n_inv + 1)
         return state._replace(average=average, n_stats=state.n_stats + 1)
 
     def dampings(state: KronSumState, damping: Damping, step: int, grad_sq: float = 0.0) -> tuple[float, float]:
         """(input side R0, output side L0): the first term is damped like K-FAC's factors."""
-        spectra = []
-        for M, d in ((state.frozen.R0, d_a), (state.frozen.L0, d_g)):
-            w = _linalg.small_eigh(M, xp)[0]
-            spectra.append(Spectrum(*_array.to_floats(xp, w[0], xp.sum(w)), d))
+        top_r, tr_r, top_l, tr_l = _array.to_floats(xp, *(state.spectra[i] for i in range(4)))
+        spectra = [Spectrum(top_r, tr_r, d_a), Spectrum(top_l, tr_l, d_g)]
         return factor_dampings(config.damping_mode, damping.value, spectra, floor=config.min_damping,
                                total_floor=damping.floor(grad_sq))
 
@@ -119,17 +128,30 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
         s = state.solver
         return s is not None and s.n_inv == state.n_inv and (s.damping_left, s.damping_right) == (lam_l, lam_r)
 
+    def _solver_or_previous(state: KronSumState, lam_r: float, lam_l: float) -> SumSolver:
+        """A new solver, or the previous one (with a warning) when the new sum cannot be solved."""
+        try:
+            return _solver(state, lam_r, lam_l)
+        except _linalg._LINALG_ERRORS as err:
+            if state.solver is None:
+                raise _linalg.DecompositionError(f"the damped Kronecker sum cannot be solved: {err}") from err
+            warnings.warn(f"the damped Kronecker sum cannot be solved ({err}); the previous solver is kept",
+                          RuntimeWarning, stacklevel=4)
+            return state.solver
+
     def prepare(state: KronSumState, damping: Damping, step: int) -> KronSumState:
         # Without a gradient floor the dampings depend on the state alone: build the solver once
         # per frozen sum and damping value. With one, it is built per gradient (precondition).
         lam_r, lam_l = dampings(state, damping, step)
         if damping.gradient or _current(state, lam_r, lam_l):
             return state
-        return state._replace(solver=_solver(state, lam_r, lam_l))
+        solver = _solver_or_previous(state, lam_r, lam_l)
+        # a failed rebuild keeps the old solver, marked current so that it is not retried per step
+        return state._replace(solver=solver._replace(damping_left=lam_l, damping_right=lam_r, n_inv=state.n_inv))
 
     def precondition(state: KronSumState, grad: Any, damping: Damping, step: int) -> Any:
         lam_r, lam_l = dampings(state, damping, step, squared_norm(grad, xp) if damping.gradient else 0.0)
-        s = state.solver if _current(state, lam_r, lam_l) else _solver(state, lam_r, lam_l)
+        s = state.solver if _current(state, lam_r, lam_l) else _solver_or_previous(state, lam_r, lam_l)
         K1, K2 = s.basis_left, s.basis_right
         return K1 @ (((K1.T @ grad) @ K2) / s.eigenvalues) @ K2.T
 
@@ -138,16 +160,18 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
         return xp.eye(d_g, dtype=step_matrix.dtype, device=shape.device), step_matrix
 
     def describe(state: KronSumState, step: int) -> dict[str, Any]:
-        t = state.frozen
         return {
             "kinds": {"sum": f"{method.estimator} (2 terms)"},
             "held_rank": {"A": d_a, "G": d_g},
             "applied_rank": {"A": d_a, "G": d_g},
-            "eigenvalues": {"R0": _linalg.small_eigh(t.R0, xp)[0], "L0": _linalg.small_eigh(t.L0, xp)[0]},
+            # the pencil's eigenvalues 1 + s1 s2^T of the last solve (none before the first)
+            "eigenvalues": {} if state.solver is None else {"pencil": state.solver.eigenvalues},
             "n_updates": state.n_stats,
         }
 
     def check(state: KronSumState, where: str) -> None:
+        if tuple(state.spectra.shape) != (4,):
+            raise ValueError(f"checkpoint entry '{where}/spectra' must have shape (4,), got {tuple(state.spectra.shape)}")
         for group in ("average", "frozen"):
             terms = getattr(state, group)
             for name in ("L0", "L1"):
