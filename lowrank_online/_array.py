@@ -176,6 +176,10 @@ def eps(xp: Any, dtype: Any) -> float:
     return float(xp.finfo(dtype).eps)
 
 
+def smallest_normal(xp: Any, dtype: Any) -> float:
+    return float(xp.finfo(dtype).smallest_normal)
+
+
 def astype(x: Any, dtype: Any, xp: Any) -> Any:
     """Cast without copying when the dtype already matches."""
     if x.dtype == dtype:

@@ -8,6 +8,8 @@
   range finders.
 * :func:`complement` writes a block against an orthonormal basis, ``A = Q C + P R``, the step
   that Brand's update (paper 001, Alg. 2 line 4-5, Alg. 3 line 3-4) spends its time in.
+* :func:`scaled_gram` forms ``A A^T`` of a wide block (more columns than rows) with a
+  power-of-two scale, so that it neither overflows nor underflows.
 
 Everything here takes an already-resolved namespace ``xp`` and uses only the standard, plus
 the hooks of :class:`~lowrank_online._array.Backend`: ``to_core`` / ``from_core`` around every
@@ -19,6 +21,7 @@ batch the round trips to the client (see ``_dask.py``).
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from . import _array
@@ -303,3 +306,31 @@ def tall_svd(F: Any, be: _array.Backend) -> tuple[Any, Any, Any]:
     P = orthonormalize(F, be)
     Ur, s, Vh = small_svd(be.to_core(P.T @ F), be.cxp)
     return be.persist(be.matmul(P, be.from_core(Ur))), s, Vh
+
+
+def scaled_gram(A: Any, be: _array.Backend) -> tuple[Any, int]:
+    """``A A^T = 2**(2 e) G`` for a d x n block A: the d x d ``G`` (core dtype) and ``e``.
+
+    The product is one GEMM in the tall dtype, ``2 d^2 n`` flops (NumPy runs ``A @ A.T`` as a
+    SYRK, half of that); A is never upcast. It is formed from ``2**-e A`` with ``e`` the
+    exponent of ``max |A|`` (exact: a power of two, applied as two normal factors so that
+    neither is subnormal or overflows) whenever A itself could overflow the product
+    (``max |A|^2 n`` near the largest float) or lose digits to underflow (``max |A|^2`` below
+    ``tiny / eps^2``: products that underflow, even flushed to zero, then cost up to
+    ``n * tiny`` against a Gram matrix of norm ``max |A|^2``). Otherwise ``e = 0`` and A is
+    used as it is, without a copy. ``max |A|`` costs two reductions over A (no temporary), which
+    also find NaN and infinity: ``FloatingPointError`` then (the caller names the argument).
+    """
+    xp = be.xp
+    # max and -min instead of abs: no temporary as large as A; NaN propagates through both.
+    high, low = _array.to_floats(xp, xp.max(A), xp.min(A))
+    amax = max(high, -low)
+    if not math.isfinite(amax):
+        raise FloatingPointError("non-finite values in the increment")
+    tiny, huge = _array.smallest_normal(xp, A.dtype), float(xp.finfo(A.dtype).max)
+    if amax == 0.0 or (tiny**0.5 / be.eps <= amax and amax * amax * A.shape[1] <= huge / 4):
+        return be.to_core(A @ A.T), 0
+    e = math.frexp(amax)[1]  # amax = m 2^e with 0.5 <= m < 1
+    As = A * math.ldexp(1.0, -(e // 2))
+    As *= math.ldexp(1.0, -(e - e // 2))
+    return be.to_core(As @ As.T), e
