@@ -312,24 +312,30 @@ def scaled_gram(A: Any, be: _array.Backend) -> tuple[Any, int]:
     """``A A^T = 2**(2 e) G`` for a d x n block A: the d x d ``G`` (core dtype) and ``e``.
 
     The product is one GEMM in the tall dtype, ``2 d^2 n`` flops (NumPy runs ``A @ A.T`` as a
-    SYRK, half of that); A is never upcast. It is formed from ``2**-e A`` with ``e`` the
-    exponent of ``max |A|`` (exact: a power of two, applied as two normal factors so that
-    neither is subnormal or overflows) whenever A itself could overflow the product
-    (``max |A|^2 n`` near the largest float) or lose digits to underflow (``max |A|^2`` below
-    ``tiny / eps^2``: products that underflow, even flushed to zero, then cost up to
-    ``n * tiny`` against a Gram matrix of norm ``max |A|^2``). Otherwise ``e = 0`` and A is
-    used as it is, without a copy. ``max |A|`` costs two reductions over A (no temporary), which
-    also find NaN and infinity: ``FloatingPointError`` then (the caller names the argument).
+    SYRK, half of that); A is never upcast. It is kept (``e = 0``) when it is finite and its
+    largest diagonal entry (the largest squared row norm of A) is at least ``tiny / eps^2``:
+    then the products that underflowed, even flushed to zero, cost at most ``n tiny``, i.e.
+    ``n eps^2`` relative to G. Otherwise it is formed again from ``2**-e A`` with ``e`` the
+    exponent of ``max |A|``, exact (a power of two, applied as two normal factors so that
+    neither is subnormal nor overflows), after which no scale representable in the dtype
+    over- or underflows. So the common case reads A once, and finds a non-finite A for free
+    (its Gram matrix is then non-finite): ``FloatingPointError``, which the caller turns into
+    the ``ValueError`` naming the argument. The rare case costs two reductions over A, a copy
+    and a second product.
     """
-    xp = be.xp
+    xp, cxp = be.xp, be.cxp
+    with _array.quiet_floating_point():  # an overflow here is seen and handled below
+        G = be.to_core(A @ A.T)
+    floor = _array.smallest_normal(xp, A.dtype) / be.eps**2
+    if _finite(cxp, G) and float(cxp.max(cxp.linalg.diagonal(G))) >= floor:
+        return G, 0
     # max and -min instead of abs: no temporary as large as A; NaN propagates through both.
     high, low = _array.to_floats(xp, xp.max(A), xp.min(A))
     amax = max(high, -low)
     if not math.isfinite(amax):
         raise FloatingPointError("non-finite values in the increment")
-    tiny, huge = _array.smallest_normal(xp, A.dtype), float(xp.finfo(A.dtype).max)
-    if amax == 0.0 or (tiny**0.5 / be.eps <= amax and amax * amax * A.shape[1] <= huge / 4):
-        return be.to_core(A @ A.T), 0
+    if amax == 0.0:
+        return G, 0
     e = math.frexp(amax)[1]  # amax = m 2^e with 0.5 <= m < 1
     As = A * math.ldexp(1.0, -(e // 2))
     As *= math.ldexp(1.0, -(e - e // 2))

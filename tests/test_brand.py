@@ -463,3 +463,17 @@ def test_eigh_update_never_allocates_an_n_by_n_matrix(scaled):
     assert res.eigenvectors.shape == (d, d)
     # d x d products and at most one scaled copy of A (d n 8 bytes = 4.75 MB)
     assert peak < 2 * d * n * 8, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_eigh_update_wide_float32_update_beyond_float32_raises():
+    """The float64 retry cannot help when the updated eigenvalues themselves exceed float32."""
+    import array_api_compat.numpy as xp
+
+    rng = np.random.default_rng(27)
+    A = (1e20 * rng.standard_normal((6, 40))).astype(np.float32)  # A A^T ~ 4e41
+    Q, L = np.zeros((6, 0), np.float32), np.zeros(0, np.float32)
+    with np.errstate(over="ignore"), pytest.raises(DecompositionError, match="overflow float32"):
+        eigh_update(xp.asarray(L), xp.asarray(Q), xp.asarray(A))  # NumPy warns on the cast
+    res = eigh_update(xp.asarray(L), xp.asarray(Q), xp.asarray(A), weight=1e-30)  # representable
+    ref = np.linalg.eigvalsh(1e-30 * A.astype(float) @ A.T.astype(float))[::-1]
+    np.testing.assert_allclose(np.asarray(res.eigenvalues, float), ref, rtol=1e-5)
