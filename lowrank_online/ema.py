@@ -143,7 +143,7 @@ class LowRankEMA:
     as a convolution layer's ``batch x positions`` statistics have) enter through
     ``A A^T``: the update is then one eigendecomposition of the d x d matrix
     ``rho Q L Q^T + (1 - rho) A A^T``, ``2 d^2 (n + r) + O(d^3)`` flops, with no n x n array
-    and nothing cubic in n (about 3-4 ms at d = 145, n = 4096, r = 64 on the 2-core test
+    and nothing cubic in n (about 3 ms at d = 145, n = 4096, r = 64 on the 2-core test
     machine, where it took 33-82 s through the n x n Gram matrix). The held eigenvectors
     then number ``min(d, r + n)``. See :func:`~lowrank_online.eigh_update`.
 
