@@ -76,7 +76,8 @@ def eigh_update(
         Non-negative factor applied to ``A A^T``. Default 1.
     rank : int, optional
         Keep only the ``rank`` largest eigenpairs. ``None`` (default) keeps all
-        ``r + k`` of them, ``k <= n`` being the numerical rank of A's part outside ``span(Q)``.
+        ``r + k`` of them, ``k <= n`` being the numerical rank of A's part outside ``span(Q)``;
+        ``min(d, r + n)`` for a wide increment (``r + n >= 3d/4``, see Notes).
     check_finite : bool, optional
         Check that the inputs hold no NaN or infinity (a pass over each input). Default True.
 
