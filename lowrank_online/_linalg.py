@@ -8,6 +8,8 @@
   range finders.
 * :func:`complement` writes a block against an orthonormal basis, ``A = Q C + P R``, the step
   that Brand's update (paper 001, Alg. 2 line 4-5, Alg. 3 line 3-4) spends its time in.
+* :func:`scaled_gram` forms ``A A^T`` of a wide block (more columns than rows) with a
+  power-of-two scale, so that it neither overflows nor underflows.
 
 Everything here takes an already-resolved namespace ``xp`` and uses only the standard, plus
 the hooks of :class:`~lowrank_online._array.Backend`: ``to_core`` / ``from_core`` around every
@@ -19,6 +21,7 @@ batch the round trips to the client (see ``_dask.py``).
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from . import _array
@@ -303,3 +306,37 @@ def tall_svd(F: Any, be: _array.Backend) -> tuple[Any, Any, Any]:
     P = orthonormalize(F, be)
     Ur, s, Vh = small_svd(be.to_core(P.T @ F), be.cxp)
     return be.persist(be.matmul(P, be.from_core(Ur))), s, Vh
+
+
+def scaled_gram(A: Any, be: _array.Backend) -> tuple[Any, int]:
+    """``A A^T = 2**(2 e) G`` for a d x n block A: the d x d ``G`` (core dtype) and ``e``.
+
+    The product is one GEMM in the tall dtype, ``2 d^2 n`` flops (NumPy runs ``A @ A.T`` as a
+    SYRK, half of that); A is never upcast. It is kept (``e = 0``) when it is finite and its
+    largest diagonal entry (the largest squared row norm of A) is at least ``tiny / eps^2``:
+    then the products that underflowed, even flushed to zero, cost at most ``n tiny``, i.e.
+    ``n eps^2`` relative to G. Otherwise it is formed again from ``2**-e A`` with ``e`` the
+    exponent of ``max |A|``, exact (a power of two, applied as two normal factors so that
+    neither is subnormal nor overflows), after which no scale representable in the dtype
+    over- or underflows. So the common case reads A once, and finds a non-finite A for free
+    (its Gram matrix is then non-finite): ``FloatingPointError``, which the caller turns into
+    the ``ValueError`` naming the argument. The rare case costs two reductions over A, a copy
+    and a second product.
+    """
+    xp, cxp = be.xp, be.cxp
+    with _array.quiet_floating_point():  # an overflow here is seen and handled below
+        G = be.to_core(A @ A.T)
+    floor = _array.smallest_normal(xp, A.dtype) / be.eps**2
+    if _finite(cxp, G) and float(cxp.max(cxp.linalg.diagonal(G))) >= floor:
+        return G, 0
+    # max and -min instead of abs: no temporary as large as A; NaN propagates through both.
+    high, low = _array.to_floats(xp, xp.max(A), xp.min(A))
+    amax = max(high, -low)
+    if not math.isfinite(amax):
+        raise FloatingPointError("non-finite values in the increment")
+    if amax == 0.0:
+        return G, 0
+    e = math.frexp(amax)[1]  # amax = m 2^e with 0.5 <= m < 1
+    As = A * math.ldexp(1.0, -(e // 2))
+    As *= math.ldexp(1.0, -(e - e // 2))
+    return be.to_core(As @ As.T), e

@@ -4,7 +4,9 @@ Run ``python -m lowrank_online.bench`` (a few minutes on 2 cores; ``--quick`` fo
 ``python -m lowrank_online.bench curvature`` prints the curvature table of paper 001's FC
 layer 0 (see :func:`curvature_table`; the dense K-FAC eigendecomposition of the 16385 x 16385
 factor alone takes several minutes); ``python -m lowrank_online.bench dask`` the Dask table of
-:mod:`lowrank_online.bench_dask`. The default table prints, from one run on one machine:
+:mod:`lowrank_online.bench_dask`; ``python -m lowrank_online.bench wide`` the B-update with
+batches wider than the dimension (see :func:`wide_batch_table`). The default table prints,
+from one run on one machine:
 
 * the machine's float64 GEMM rate (square 4096 GEMM, best of several);
 * time of ``eigh_update`` (r = 220, n = 256, the paper's sizes) against ``numpy.linalg.eigh``
@@ -64,6 +66,44 @@ def _problem(d: int, r: int, n: int, seed: int = 0):
 
 def _dense(L, Q, A, rho):
     return rho * (Q * L) @ Q.T + (1 - rho) * A @ A.T
+
+
+def wide_batch_table(quick: bool = False, repeat: int = 15) -> str:
+    """B-update with batches wider than the dimension (issue 11) against the dense alternative.
+
+    A convolution layer's statistics have ``n = batch x positions`` columns, more than the
+    dimension d. For (d, n) = (145, 4096), (145, 8192), (10, 2048), r = min(64, d), decay
+    0.95, float64 and float32, the table prints the time of one ``eigh_update`` (which forms
+    ``A A^T`` and eigendecomposes the d x d updated matrix), the time of the dense alternative
+    on the same batch (a held d x d average ``rho M + (1 - rho) A A^T`` and NumPy's ``eigh``
+    of it), their ratio, and the growth of the update time from n = 4096 to n = 8192 (linear
+    work in n plus an n-independent d x d eigendecomposition: at most 2x). Best of
+    ``repeat`` calls each. ``--quick``: (24, 512), (24, 1024), (6, 256).
+    """
+    sizes = [(24, 512), (24, 1024), (6, 256)] if quick else [(145, 4096), (145, 8192), (10, 2048)]
+    base, doubled = sizes[0], sizes[1]  # same d, twice the columns
+    rho = 0.95
+    times = {}
+    lines = [
+        "B-update with n > d columns (r = min(64, d), decay 0.95) against the dense alternative",
+        "(held d x d average, rho M + (1 - rho) A A^T, numpy eigh); best of several calls",
+        "",
+        f"{'dtype':>8} {'d':>5} {'n':>6} {'r':>4} {'eigh_update':>12} {'dense':>10} {'ratio':>6}",
+    ]
+    for dtype in ("float64", "float32"):
+        for d, n in sizes:
+            r = min(64, d)
+            L, Q, A = (x.astype(dtype) for x in _problem(d, r, n))
+            M = (Q * L) @ Q.T
+            tu = best_time(lambda: eigh_update(L, Q, A, decay=rho, weight=1 - rho), repeat)
+            td = best_time(lambda: np.linalg.eigh(rho * M + (1 - rho) * (A @ A.T)), repeat)
+            times[dtype, d, n] = tu
+            lines.append(f"{dtype:>8} {d:>5} {n:>6} {r:>4} {tu * 1e3:>10.2f}ms {td * 1e3:>8.2f}ms {tu / td:>6.2f}")
+    lines.append("")
+    for dtype in ("float64", "float32"):
+        growth = times[(dtype, *doubled)] / times[(dtype, *base)]
+        lines.append(f"{dtype}: eigh_update at n = {doubled[1]} / n = {base[1]} (d = {base[0]}): {growth:.2f}x")
+    return "\n".join(lines)
 
 
 def run(quick: bool = False) -> dict:
@@ -196,9 +236,14 @@ def curvature_table(quick: bool = False, period: int = 25) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lowrank_online.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("table", nargs="?", default="core", choices=["core", "curvature", "dask"])
+    parser.add_argument("table", nargs="?", default="core", choices=["core", "curvature", "dask", "wide"])
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds), for smoke tests")
     args, rest = parser.parse_known_args(argv)
+    if args.table == "wide":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        print(wide_batch_table(quick=args.quick))
+        return
     if args.table == "dask":
         from . import bench_dask  # the Dask table has its own options (python -m lowrank_online.bench_dask -h)
 

@@ -20,7 +20,7 @@ from conftest import (
     reference_flip,
     to_np,
 )
-from lowrank_online import eigh_update, svd_update
+from lowrank_online import DecompositionError, _array, _linalg, eigh_update, svd_update
 
 STRUCTURES = ["generic", "duplicate", "zero", "in_span", "scaled", "tiny"]
 
@@ -292,3 +292,188 @@ def test_svd_update_rejects_bad_input(xp):
             svd_update(*args)
     with pytest.raises(ValueError, match="both be 1-D or both be 2-D"):
         svd_update(*good[:3], asarray(xp, np.ones(4)), good[4])
+
+
+# --------------------------------------------------------------------------------------------
+# wide increments: r + n >= 3d/4, in particular n > d (compressed to A A^T, dense d x d core)
+# --------------------------------------------------------------------------------------------
+# (d, r, n): n > d with r = 0 (first update) and r > 0, n = d, d - r <= n < d, and
+# 3d/4 <= r + n < d, the band where the dense form is cheaper than Brand's although [Q P]
+# does not yet span the space.
+WIDE_CASES = [(12, 0, 40), (12, 5, 40), (12, 12, 30), (12, 4, 12), (12, 5, 7), (12, 5, 9), (20, 6, 9), (20, 0, 15)]
+
+
+def _dense_update(L, Q, A, decay, weight, dtype_name):
+    """The float64 reference matrix of the update, from the values the backend sees."""
+    Qc, Lc, Ac = _cast(Q, dtype_name), _cast(L, dtype_name), _cast(A, dtype_name)
+    return decay * (Qc * Lc) @ Qc.T + weight * Ac @ Ac.T
+
+
+def _check_against_dense(res, X, dtype_name, m, xp, factor=10):
+    lam, V = to_np(res.eigenvalues), to_np(res.eigenvectors)
+    ref = np.linalg.eigvalsh(X)[::-1]
+    assert V.shape == (X.shape[0], m) and lam.shape == (m,)
+    assert np.all(np.diff(lam) <= 0) and np.all(lam >= 0)
+    scale = max(ref[0], np.finfo(float).tiny)
+    assert np.all(np.abs(lam - ref[:m]) <= RTOL[dtype_name] * scale * factor)
+    assert_orthonormal(V, dtype_name)
+    assert_backend(res.eigenvalues, xp, dtype_name)
+    assert_backend(res.eigenvectors, xp, dtype_name)
+    return lam, V
+
+
+@pytest.mark.parametrize(("d", "r", "n"), WIDE_CASES)
+def test_eigh_update_wide_increment_matches_dense_eigh(xp, dtype_name, d, r, n):
+    rng = np.random.default_rng(20 + d + r + n)
+    Q, L = random_basis(rng, d, r), np.sort(rng.gamma(2.0, size=r))[::-1]
+    A = rng.standard_normal((d, n)) / np.sqrt(n)
+    res = eigh_update(*(asarray(xp, a, dtype_name) for a in (L, Q, A)), decay=0.9, weight=0.3)
+    X = _dense_update(L, Q, A, 0.9, 0.3, dtype_name)
+    lam, V = _check_against_dense(res, X, dtype_name, min(d, r + n), xp)
+    assert_matrix_close(V * lam @ V.T, X, dtype_name, factor=10)
+    # The basis itself, signs included: eigenvector errors are ~ eps |X| / gap, and the gaps of
+    # these random spectra (down to the zero eigenvalues beyond r + n) are far from zero.
+    w, U = np.linalg.eigh(X)
+    w, U = w[::-1], U[:, ::-1]
+    m = lam.shape[0]
+    gap = np.min(-np.diff(w[: min(d, m + 1)])) / w[0]
+    assert gap > 1e-3
+    np.testing.assert_allclose(V, reference_flip(U[:, :m]), atol=10 * RTOL[dtype_name] / gap)
+
+
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_eigh_update_wide_increment_rank_keeps_best_rank_k(xp, dtype_name, k):
+    rng = np.random.default_rng(21)
+    d, r, n = 12, 6, 50
+    Q, L = random_basis(rng, d, r), np.linspace(6.0, 1.0, r)
+    A = rng.standard_normal((d, n)) / np.sqrt(n)
+    res = eigh_update(*(asarray(xp, a, dtype_name) for a in (L, Q, A)), decay=0.95, weight=0.05, rank=k)
+    X = _dense_update(L, Q, A, 0.95, 0.05, dtype_name)
+    lam, V = _check_against_dense(res, X, dtype_name, k, xp)
+    w, U = np.linalg.eigh(X)
+    best = (U[:, ::-1][:, :k] * w[::-1][:k]) @ U[:, ::-1][:, :k].T
+    assert_matrix_close(V * lam @ V.T, best, dtype_name, factor=10)
+
+
+@given(d=st.integers(1, 24), data=st.data())
+def test_eigh_update_wide_increments_match_dense_eigh(xp, dtype_name, d, data):
+    """Hypothesis over the dense regime: r + n >= 3d/4, n up to 4d, adversarial columns."""
+    r = data.draw(st.integers(0, d), label="r")
+    n = data.draw(st.integers(max(1, -(-3 * d // 4) - r), 4 * d + 2), label="n")
+    structure = data.draw(st.sampled_from(STRUCTURES), label="structure")
+    decay = data.draw(st.sampled_from([1.0, 0.95, 0.3]), label="decay")
+    weight = data.draw(st.sampled_from([1.0, 0.05, 2.0]), label="weight")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    Q = random_basis(rng, d, r)
+    L = np.sort(rng.gamma(2.0, size=r))[::-1]
+    A = increment_block(rng, Q, n, structure)
+    res = eigh_update(*(asarray(xp, a, dtype_name) for a in (L, Q, A)), decay=decay, weight=weight)
+    X = _dense_update(L, Q, A, decay, weight, dtype_name)
+    lam, V = _check_against_dense(res, X, dtype_name, min(d, r + n), xp)
+    assert_matrix_close(V * lam @ V.T, X, dtype_name, factor=10)
+
+
+@pytest.mark.parametrize(("d", "r", "n"), [(20, 6, 9), (20, 8, 12), (16, 4, 12), (30, 10, 13)])
+def test_dense_and_brand_forms_agree_where_both_apply(xp, dtype_name, d, r, n):
+    """Around the switch (r + n from 3d/4 to d) both forms give the same decomposition."""
+    from lowrank_online.brand import _brand_eigh_update, _dense_eigh_update
+
+    rng = np.random.default_rng(22)
+    Q, L = random_basis(rng, d, r), np.sort(rng.gamma(2.0, size=r))[::-1]
+    A = rng.standard_normal((d, n))
+    args = [asarray(xp, a, dtype_name) for a in (L, Q, A)]
+    be = _array.Backend.of(args[1], xp)
+    dense = _dense_eigh_update(*args, 0.9, 0.2, None, be, True)
+    brand = _brand_eigh_update(*args, 0.9, 0.2, None, be, True)
+    assert dense.eigenvectors.shape == brand.eigenvectors.shape == (d, min(d, r + n))
+    w = np.linalg.eigvalsh(_dense_update(L, Q, A, 0.9, 0.2, dtype_name))[::-1]
+    m = min(d, r + n)
+    gap = np.min(-np.diff(w[: min(d, m + 1)])) / w[0]
+    assert gap > 1e-3
+    np.testing.assert_allclose(to_np(dense.eigenvalues), to_np(brand.eigenvalues), atol=10 * RTOL[dtype_name] * w[0])
+    np.testing.assert_allclose(to_np(dense.eigenvectors), to_np(brand.eigenvectors), atol=10 * RTOL[dtype_name] / gap)
+
+
+@pytest.mark.parametrize(
+    ("dtype_name", "scale"),
+    [("float32", 1e20), ("float32", 1e-25), ("float64", 1e150), ("float64", 1e-150)],
+)
+def test_eigh_update_wide_increment_of_extreme_scale_is_exact(xp, dtype_name, scale):
+    """A A^T over- or underflows the dtype while weight * A A^T does not: the power-of-two
+    scale of the Gram matrix keeps every digit (float32 needs no float64 retry)."""
+    rng = np.random.default_rng(23)
+    d, r, n = 10, 4, 300
+    Q, L = random_basis(rng, d, r), np.linspace(3.0, 1.0, r)
+    A0 = rng.standard_normal((d, n)) / np.sqrt(n)
+    weight = 0.5 / scale / scale
+    res = eigh_update(*(asarray(xp, a, dtype_name) for a in (L, Q, A0 * scale)), decay=0.5, weight=weight)
+    A = _cast(A0 * scale, dtype_name) / scale  # the values the backend sees, back at scale 1
+    X = 0.5 * (_cast(Q, dtype_name) * _cast(L, dtype_name)) @ _cast(Q, dtype_name).T + 0.5 * A @ A.T
+    lam, V = _check_against_dense(res, X, dtype_name, d, xp)
+    assert_matrix_close(V * lam @ V.T, X, dtype_name, factor=10)
+
+
+@pytest.mark.parametrize("dtype_name", ["float64", "float32"])
+def test_scaled_gram_is_exact_at_every_scale(dtype_name):
+    import array_api_compat.numpy as xp
+
+    rng = np.random.default_rng(24)
+    A0 = rng.standard_normal((7, 50))
+    info = np.finfo(np.dtype(dtype_name))
+    be = _array.Backend(xp, "cpu", np.dtype(dtype_name))
+    for exponent in (0, info.maxexp - 3, info.minexp + 3, info.minexp - info.nmant + 8):
+        A = np.ldexp(A0, exponent).astype(dtype_name)  # a power of two, then rounded once
+        G, e = _linalg.scaled_gram(xp.asarray(A), be)  # no over- or underflow warning either
+        Ar = np.ldexp(A.astype(np.float64), -exponent)  # the same values at scale 1, in float64
+        assert G.dtype == np.float64
+        assert_matrix_close(np.ldexp(np.asarray(G), 2 * (e - exponent)), Ar @ Ar.T, dtype_name)
+        assert (e == 0) == (exponent == 0)
+    for bad in (np.nan, np.inf):
+        A = A0.astype(dtype_name)
+        A[3, 4] = bad
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            _linalg.scaled_gram(xp.asarray(A), be)
+
+
+def test_eigh_update_wide_increment_names_a_non_finite_argument(xp):
+    rng = np.random.default_rng(25)
+    Q, A = random_basis(rng, 6, 2), rng.standard_normal((6, 30))
+    A[2, 7] = np.nan
+    with pytest.raises(ValueError, match="`A` contains NaN or infinity"):
+        eigh_update(asarray(xp, [2.0, 1.0]), asarray(xp, Q), asarray(xp, A))
+    with pytest.raises(DecompositionError, match="Brand update failed"):
+        eigh_update(asarray(xp, [2.0, 1.0]), asarray(xp, Q), asarray(xp, A), check_finite=False)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_eigh_update_never_allocates_an_n_by_n_matrix(scaled):
+    """The issue's convolution layer: d = 145, n = 4096 (an n x n float64 array is 134 MB)."""
+    import array_api_compat.numpy as xp
+
+    rng = np.random.default_rng(26)
+    d, r, n = 145, 64, 4096
+    Q, A = random_basis(rng, d, r), rng.standard_normal((d, n))
+    # scaled: A A^T would overflow float64, so the Gram matrix is formed from a copy 2^-e A
+    A, weight = (A * 1e160, 1e-300) if scaled else (A, 0.05)
+    L, Q, A = xp.asarray(np.linspace(2, 1, r)), xp.asarray(Q), xp.asarray(A)
+    tracemalloc.start()
+    res = eigh_update(L, Q, A, decay=0.95, weight=weight)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert res.eigenvectors.shape == (d, d)
+    # d x d products and at most one scaled copy of A (d n 8 bytes = 4.75 MB)
+    assert peak < 2 * d * n * 8, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_eigh_update_wide_float32_update_beyond_float32_raises():
+    """The float64 retry cannot help when the updated eigenvalues themselves exceed float32."""
+    import array_api_compat.numpy as xp
+
+    rng = np.random.default_rng(27)
+    A = (1e20 * rng.standard_normal((6, 40))).astype(np.float32)  # A A^T ~ 4e41
+    Q, L = np.zeros((6, 0), np.float32), np.zeros(0, np.float32)
+    with np.errstate(over="ignore"), pytest.raises(DecompositionError, match="overflow float32"):
+        eigh_update(xp.asarray(L), xp.asarray(Q), xp.asarray(A))  # NumPy warns on the cast
+    res = eigh_update(xp.asarray(L), xp.asarray(Q), xp.asarray(A), weight=1e-30)  # representable
+    ref = np.linalg.eigvalsh(1e-30 * A.astype(float) @ A.T.astype(float))[::-1]
+    np.testing.assert_allclose(np.asarray(res.eigenvalues, float), ref, rtol=1e-5)

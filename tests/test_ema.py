@@ -246,3 +246,54 @@ def test_orthonormality_after_10000_updates(dtype_name, bound, data):
         tracker.update(xp.asarray(A.astype(dtype_name)))
     Q = tracker.eigenvectors.astype(np.float64)
     assert np.abs(Q.T @ Q - np.eye(Q.shape[1])).max() < bound
+
+
+@pytest.mark.parametrize(("d", "r", "widths"), [(12, 5, [40, 40, 40, 40, 40, 40]), (16, 6, [3, 50, 8, 30, 12, 64])])
+def test_update_with_batches_wider_than_d_follows_dense_process_10(xp, dtype_name, d, r, widths):
+    """Batches with more columns than the dimension (convolution statistics: batch x positions),
+    alone and alternating with narrow ones, so that updates switch between Brand's form and the
+    dense one; the held matrix follows the dense process (10) throughout."""
+    rng = np.random.default_rng(11)
+    rho = 0.9
+    basis = rng.standard_normal((d, d)) * 0.7 ** np.arange(d)  # decaying spectrum
+    tracker = LowRankEMA(rank=r, decay=rho)
+    dense, held = None, 0
+    for n in widths:
+        A = np.asarray(basis @ rng.standard_normal((d, n)) / np.sqrt(n), np.dtype(dtype_name))
+        tracker.update(asarray(xp, A, dtype_name))
+        Af = A.astype(float)
+        dense = Af @ Af.T if dense is None else rho * _top(dense, r) + (1 - rho) * Af @ Af.T
+        held = min(d, min(r, held) + n)  # truncate to r, then r + n columns, at most d
+        assert tracker.eigenvectors.shape == (d, held)
+        assert_matrix_close(_held(tracker), dense, dtype_name, factor=100)
+        assert np.all(np.diff(to_np(tracker.eigenvalues)) <= 0)
+        assert_orthonormal(tracker.eigenvectors, dtype_name)
+    assert tracker.n_updates == len(widths)
+    assert_backend(tracker.eigenvalues, xp, dtype_name)
+    assert_backend(tracker.eigenvectors, xp, dtype_name)
+
+
+def test_wide_batches_without_truncation_give_the_exact_average(xp):
+    # rank >= d and n > d: M_k = sum kappa(i) rho^(k-i) A_i A_i^T exactly (eq. (5)).
+    rng = np.random.default_rng(12)
+    d, n, rho = 8, 30, 0.7
+    tracker = LowRankEMA(rank=d, decay=rho)
+    batches = [rng.standard_normal((d, n)) for _ in range(6)]
+    for A in batches:
+        tracker.update(asarray(xp, A))
+    k = len(batches) - 1
+    exact = sum((1.0 if i == 0 else 1 - rho) * rho ** (k - i) * A @ A.T for i, A in enumerate(batches))
+    assert_matrix_close(_held(tracker), exact, "float64")
+
+
+def test_wide_batch_with_nan_is_rejected_and_keeps_the_state():
+    rng = np.random.default_rng(13)
+    tracker = LowRankEMA(rank=3)
+    tracker.update(rng.standard_normal((6, 20)))
+    before = tracker.eigenvectors.copy()
+    bad = rng.standard_normal((6, 20))
+    bad[1, 2] = np.inf
+    with pytest.raises(ValueError, match="`A` contains NaN"):
+        tracker.update(bad)
+    np.testing.assert_array_equal(tracker.eigenvectors, before)
+    assert tracker.n_updates == 1

@@ -46,6 +46,11 @@ def test_bench_quick():
     assert "fitted exponent" in out and "GEMM" in out
 
 
+def test_bench_wide_quick():
+    out = _run("-m", "lowrank_online.bench", "wide", "--quick")
+    assert "against the dense alternative" in out and "n = 1024 / n = 512" in out
+
+
 def test_streaming_covariance_example():
     out = _run("examples/streaming_covariance.py", "--dim", "200", "--steps", "30", "--rank", "10")
     assert "B-update err" in out
