@@ -190,14 +190,14 @@ def smallest_normal(xp: Any, dtype: Any) -> float:
 
 def quiet_floating_point() -> Any:
     """A context in which NumPy (and the namespaces built on it) does not warn about overflow,
-    underflow or invalid operations.
+    underflow, division by zero or invalid operations.
 
     For a product whose result is checked for over- and underflow right after and formed
     again, scaled, when it was hit: the warning would report a case that is handled. Other
     namespaces never warn; NumPy's ``errstate`` is context-local, so other threads keep their
     settings.
     """
-    return np.errstate(over="ignore", under="ignore", invalid="ignore")
+    return np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 
 
 def astype(x: Any, dtype: Any, xp: Any) -> Any:

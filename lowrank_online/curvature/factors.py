@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import _array, _linalg
+from ..brand import DENSE_FRACTION
 from ..ema import EMAState, _b_update, _correct, _restore_orthonormality
 from ..operators import as_operand
 from ..randomized import reigh
@@ -79,20 +80,24 @@ def choose_kind(config: CurvatureConfig, d: int, n: int, step: int) -> str:
     """``"brand"`` or ``"reigh"`` for a ``"by-cost"`` factor of width ``d`` fed ``n`` rows.
 
     Cost model, flops per statistics step weighted by the measured efficiency of each kind
-    of work (:data:`_GEMM_EFFICIENCY`): a B-update compresses a batch of ``n > d`` rows to
-    ``d`` columns (``2 d^2 n``) and then costs ``4 d r m + 4 d m^2 + 2 d (r + m)^2`` with
-    ``m = min(n, d)``, every ``T_brand`` steps; r-kfac accumulates the dense EA every step
-    (``2 d^2 n``) and runs a randomized EVD every ``T_inv`` steps (``(q + 1)`` products of
-    ``2 d^2 k`` flops with ``k = r + p``, plus ``~ 8 (q + 1) d k^2`` for the orthonormalisation).
+    of work (:data:`_GEMM_EFFICIENCY`). A B-update costs ``4 d r n + 4 d n^2 + 2 d (r + n)^2``
+    in tall-skinny products, every ``T_brand`` steps; once ``r + n >= 3d/4`` it is instead one
+    eigendecomposition of the d x d updated matrix (:func:`~lowrank_online.eigh_update`'s
+    wide-increment route: ``2 d^2 (n + r)`` in one large product plus ``~ 9 d^3`` for the
+    EVD). r-kfac accumulates the dense EA every step (``2 d^2 n``) and runs a randomized EVD
+    every ``T_inv`` steps (``(q + 1)`` products of ``2 d^2 k`` flops with ``k = r + p``, plus
+    ``~ 8 (q + 1) d k^2`` for the orthonormalisation).
     """
     r = min(config.held_rank_at(step), d)
-    m = min(n, d)
-    brand = (2.0 * d * d * n if n > d else 0.0) + 4.0 * d * r * m + 4.0 * d * m * m + 2.0 * d * (r + m) ** 2
+    if r + n >= DENSE_FRACTION * d:
+        brand = (2.0 * d * d * (n + r) + 9.0 * d**3) / _GEMM_EFFICIENCY["dense"]
+    else:
+        brand = (4.0 * d * r * n + 4.0 * d * n * n + 2.0 * d * (r + n) ** 2) / _GEMM_EFFICIENCY["brand"]
     k = min(config.rank_at(step) + config.oversample_at(step), d)
     q = config.n_iter
     ea = 2.0 * d * d * n
     refresh = (q + 1) * (2.0 * d * d * k + 8.0 * d * k * k)
-    per_step_brand = brand / _GEMM_EFFICIENCY["brand"] * config.T_updt / config.T_brand
+    per_step_brand = brand * config.T_updt / config.T_brand
     per_step_reigh = (ea + refresh * config.T_updt / config.T_inv) / _GEMM_EFFICIENCY["dense"]
     return "brand" if per_step_brand <= per_step_reigh else "reigh"
 
