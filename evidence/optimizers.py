@@ -19,35 +19,40 @@ import time
 
 import numpy as np
 
-from lowrank_online.cli import build_parser, compare_table, run_compare
+from lowrank_online.nn.experiment import RunConfig, compare, compare_table
 from _publish import publish, pyplot
 
 KFAC_FAMILY = ["kfac", "rkfac", "bkfac", "brkfac", "bkfacc"]
 EXTRA = ["ekfac", "tkfac", "kpsvd"]
 
 FULL = {
-    "digits": {"epochs": 8, "seeds": 3, "targets": [0.95, 0.97], "batch": 64, "extra": []},
-    "teacher-student": {"epochs": 5, "seeds": 3, "targets": [0.80, 0.85], "batch": 128,
-                        "extra": ["--T-brand", "10", "--T-inv", "10"]},
+    "digits": {"epochs": 8, "seeds": 3, "targets": [0.95, 0.97], "config": {"batch_size": 64}},
+    "teacher-student": {"epochs": 5, "seeds": 3, "targets": [0.80, 0.85],
+                        "config": {"batch_size": 128, "T_brand": 10, "T_inv": 10}},
 }
-QUICK = {"digits": {"epochs": 2, "seeds": 1, "targets": [0.90, 0.95], "batch": 64, "extra": []}}
+QUICK = {"digits": {"epochs": 2, "seeds": 1, "targets": [0.90, 0.95], "config": {"batch_size": 64}}}
 
 
 def methods(quick: bool) -> list[str]:
-    names = ["sgd", "adam", *KFAC_FAMILY, *EXTRA]
-    return ["sgd", "kfac", "bkfac"] if quick else names
+    return ["sgd", "kfac", "bkfac"] if quick else ["sgd", "adam", *KFAC_FAMILY, *EXTRA]
+
+
+def _command(data: str, cfg: dict, names: list[str]) -> str:
+    """The ``lowrank-online compare`` command line of a run, for the table's caption."""
+    flags = {"batch_size": "--batch-size", "T_brand": "--T-brand", "T_inv": "--T-inv"}
+    extra = " ".join(f"{flags[k]} {v}" for k, v in cfg["config"].items())
+    return (f"compare --data {data} --epochs {cfg['epochs']} --seeds {cfg['seeds']} {extra} "
+            f"--methods {','.join(names)} --no-progress --quiet")
 
 
 def run(quick: bool) -> dict:
     plan = QUICK if quick else FULL
     out = {}
     for data, cfg in plan.items():
-        argv = ["compare", "--data", data, "--epochs", str(cfg["epochs"]), "--seeds", str(cfg["seeds"]),
-                "--batch-size", str(cfg["batch"]), "--methods", ",".join(methods(quick)),
-                "--no-progress", "--quiet", *cfg["extra"]]
-        args = build_parser().parse_args(argv)
-        names, runs = run_compare(args)
-        out[data] = {"names": names, "runs": runs, "targets": cfg["targets"], "config": " ".join(argv)}
+        names = methods(quick)
+        config = RunConfig(data, epochs=cfg["epochs"], **cfg["config"])
+        runs = compare(config, names, cfg["seeds"])
+        out[data] = {"names": names, "runs": runs, "targets": cfg["targets"], "config": _command(data, cfg, names)}
     return out
 
 

@@ -102,18 +102,14 @@ def solves(quick: bool) -> str:
 
 def training(quick: bool) -> str:
     """``lowrank-online compare`` on the wide-first-layer teacher-student problem."""
-    from .cli import build_parser, compare_table, run_compare
+    from .nn.experiment import RunConfig, compare, compare_table
 
     epochs = 1 if quick else 3
-    methods = "sgd,kfac,bkfac" if quick else "sgd,adam,kfac,rkfac,bkfac,brkfac,bkfacc"
-    args = build_parser().parse_args(
-        ["compare", "--data", "teacher-student", "--epochs", str(epochs), "--methods", methods,
-         "--no-progress", "--quiet", "--T-brand", "10"]
-    )
-    names, runs = run_compare(args)
+    methods = ["sgd", "kfac", "bkfac"] if quick else ["sgd", "adam", "kfac", "rkfac", "bkfac", "brkfac", "bkfacc"]
+    runs = compare(RunConfig("teacher-student", epochs=epochs, T_brand=10), methods, seeds=1)
     return (
         f"lowrank-online compare: MLP 1024-256-10 on the teacher-student problem, {epochs} epoch(s), "
-        "batch 128, rank 64, T_inv = T_brand = 10:\n" + compare_table(names, runs, [0.80, 0.85])
+        "batch 128, rank 64, T_inv = T_brand = 10:\n" + compare_table(methods, runs, [0.80, 0.85])
     )
 
 

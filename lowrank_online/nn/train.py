@@ -94,6 +94,7 @@ def train(
     label: str | None = None,
     progress: bool = False,
     history: History | None = None,
+    on_epoch: Any = None,
 ) -> History:
     """Train ``model`` on ``data`` (already in the model's namespace / device / dtype).
 
@@ -105,7 +106,8 @@ def train(
     step; with ``damping_adaptation="lm"`` one more forward pass measures the step's loss change
     for :meth:`~lowrank_online.curvature.KFACPreconditioner.adapt_damping`. Curvature work
     (statistics pass, factor updates, inverse updates, application, damping adaptation) is
-    timed separately and reported as ``curvature_time``.
+    timed separately and reported as ``curvature_time``. ``on_epoch(history)`` is called after
+    every epoch (the command line prints its row there).
     """
     xp = model.xp
     loss = get_loss(loss)
@@ -173,6 +175,8 @@ def train(
         hist.curvature_time.append(curv)
         hist.wall.append(wall)
         hist.steps = step
+        if on_epoch is not None:
+            on_epoch(hist)
         if stop_at_target and target_accuracy is not None and test_acc >= target_accuracy:
             break
     return hist
