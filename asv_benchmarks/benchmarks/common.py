@@ -1,10 +1,16 @@
 """Shared problem builders and measurement helpers for the asv suite."""
 
 import math
+import os
 
 import numpy as np
 
 from lowrank_online._timing import timed
+
+# The cases that take minutes per call (Dask at 2,000,000 rows, the dense K-FAC eigendecomposition
+# at 4097) run only with LOWRANK_ASV_LARGE=1, so that the default `asv run --quick` stays within
+# a few minutes on 2 cores (asv_benchmarks/README.md).
+LARGE = os.environ.get("LOWRANK_ASV_LARGE") == "1"
 
 # The paper's sizes (001, Sec. 6): target rank 220, batch 256.
 RANK, BATCH = 220, 256
