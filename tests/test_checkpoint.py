@@ -14,7 +14,7 @@ def test_nested_state_round_trips_bit_exactly(tmp_path, xp):
     save_state(tmp_path / "s.npz", state)
     back = load_state(tmp_path / "s.npz")
     assert back["layer"]["method"] == "bkfac" and back["decay"] == 0.95 and back["on"] is True
-    assert back["layer"]["A"]["n"] == 3 and "skip" not in back
+    assert back["layer"]["A"]["n"] == 3 and back["skip"] is None
     got = back["layer"]["A"]["eigenvectors"]
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, to_np(arr).astype(np.float32))

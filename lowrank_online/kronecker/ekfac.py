@@ -182,7 +182,8 @@ def ekfac_update(
     Parameters
     ----------
     scalings : array, shape (d_g, d_a), or None
-        The running average ``S_{k-1}``; ``None`` starts it with this batch's estimate.
+        The running average ``S_{k-1}`` (non-negative); ``None`` starts it with this batch's
+        estimate.
     a : array, shape (N, d_a)
         Per-sample layer inputs of the new batch.
     g : array, shape (N, d_g)
@@ -237,7 +238,16 @@ def ekfac_update(
     _array.check_array(scalings, "scalings", xp, ndim=2, finite=check_finite)
     if tuple(scalings.shape) != (d_g, d_a):
         raise ValueError(f"`scalings` must have shape {(d_g, d_a)}, got {tuple(scalings.shape)}")
+    _check_nonnegative(scalings, xp)
     return decay * scalings + (1.0 - decay) * batch
+
+
+def _check_nonnegative(scalings: Any, xp: Any) -> float:
+    """The smallest scaling; ``ValueError`` naming ``scalings`` when it is negative."""
+    low = float(xp.min(scalings)) if scalings.shape[0] * scalings.shape[1] else 0.0
+    if low < 0.0:
+        raise ValueError(f"`scalings` must be non-negative (second moments), got minimum {low:.3g}")
+    return low
 
 
 def ekfac_solve(
@@ -297,9 +307,7 @@ def ekfac_solve(
     d_g, d_a = scalings.shape
     _check_bases(basis_g, basis_a, d_g, d_a, xp, check_finite)
     damping = _array.check_real(damping, "damping", low=0.0)
-    low = float(xp.min(scalings)) if d_g * d_a else 0.0
-    if low < 0.0:
-        raise ValueError(f"`scalings` must be non-negative (second moments), got minimum {low:.3g}")
+    low = _check_nonnegative(scalings, xp)
     if not low + damping > 0.0:
         raise ValueError("`scalings` + `damping` must be positive; pass damping > 0")
     vector = V.ndim == 1

@@ -161,6 +161,11 @@ class FisherBlockOperator:
     def _block(self, V: Any, name: str, rows: int) -> tuple[Any, bool]:
         xp = self._xp
         _array.namespace((name, V), ("a", self.a))
+        _array.same_device((name, V), ("a", self.a))
+        # Floating and finite: an integer block would be cast silently, and a product with NaN
+        # would be reported later as a non-finite Fisher block. The check is a pass over V,
+        # against the product's O(N (d_a^2 + d_g^2)) flops per column.
+        _array.check_array(V, name, xp, ndim=(1, 2))
         vector = V.ndim == 1
         if V.ndim not in (1, 2) or V.shape[0] != rows:
             raise ValueError(f"`{name}` must have shape ({rows}, k) or ({rows},), got {tuple(V.shape)}")
@@ -181,7 +186,8 @@ class FisherBlockOperator:
         return xp.reshape(Y.T @ Z, (dy * dy, k))
 
     def matmat(self, V: Any) -> Any:
-        """``R(F) @ V`` for ``V`` of shape ``(d_a^2, k)`` (or ``(d_a^2,)``)."""
+        """``R(F) @ V`` for ``V`` of shape ``(d_a^2, k)`` (or ``(d_a^2,)``), floating and finite
+        (``ValueError`` / ``TypeError`` naming ``V`` otherwise)."""
         V, vector = self._block(V, "V", self.shape[1])
         out = self._weighted_gram(self.a, self.g, V)
         if self._sub_left is not None:
@@ -189,7 +195,8 @@ class FisherBlockOperator:
         return out[:, 0] if vector else out
 
     def rmatmat(self, U: Any) -> Any:
-        """``R(F)^T @ U`` for ``U`` of shape ``(d_g^2, k)`` (or ``(d_g^2,)``)."""
+        """``R(F)^T @ U`` for ``U`` of shape ``(d_g^2, k)`` (or ``(d_g^2,)``), floating and
+        finite (``ValueError`` / ``TypeError`` naming ``U`` otherwise)."""
         U, vector = self._block(U, "U", self.shape[0])
         out = self._weighted_gram(self.g, self.a, U)
         if self._sub_left is not None:

@@ -84,7 +84,19 @@ def _warm_vector(init: Any, op: FisherBlockOperator, index: int | None) -> Any:
     v = xp.reshape(_array.astype(rights[0], op.dtype, xp), (-1,))
     for R in rights[1:]:
         v = v + xp.reshape(_array.astype(R, op.dtype, xp), (-1,))
-    return v
+    return _nonzero(v, xp)
+
+
+def _nonzero(v: Any, xp: Any) -> Any:
+    """``v``, or None (the solvers' seeded start) when it is zero: an all-zero warm start or
+    K-FAC factor (a batch with ``a = 0``) carries no direction, and the caller never passed it."""
+    return v if float(xp.linalg.vector_norm(v)) > 0.0 else None
+
+
+def _kfac_start(op: FisherBlockOperator) -> Any:
+    """vec of the K-FAC factor ``E[a a^T]`` (PSD, see :func:`kpsvd`), or None when it is zero."""
+    xp = op.__array_namespace__()
+    return _nonzero(xp.reshape(op.kfac().right[0], (-1,)), xp)
 
 
 def _pair(res: IterativeSVDResult, i: int, op: FisherBlockOperator, first: bool) -> tuple[Any, Any]:
@@ -144,7 +156,8 @@ def kpsvd(
     init : KronSum, optional
         Warm start from a previous result (paper 002, Sec. 4): its right factors start the
         iterations. Default: the K-FAC factor ``E[a a^T]`` for the first term (a positive
-        semi-definite start, so every power iterate stays PSD), a seeded Gaussian otherwise.
+        semi-definite start, so every power iterate stays PSD), a seeded Gaussian otherwise
+        and wherever that start would be zero (then ``F = 0`` and the factors are zero).
     seed : None, int or numpy.random.Generator, optional
         Seed of the random start vectors. Default 0 (deterministic).
     check_finite : bool, optional
@@ -222,7 +235,7 @@ def kpsvd(
         kd = max(2 * terms + 6, 10) if krylov_dim is None else krylov_dim
         v0 = _warm_vector(init, op, None)
         if v0 is None:
-            v0 = xp.reshape(op.kfac().right[0], (-1,))
+            v0 = _kfac_start(op)
         res = lanczos_svd(op, terms, krylov_dim=kd, v0=v0, tol=tol, max_restarts=max_iter, seed=rng, check_finite=False)
         pairs = [_pair(res, i, op, i == 0) for i in range(terms)]
     else:
@@ -231,7 +244,7 @@ def kpsvd(
         for i in range(terms):
             v0 = _warm_vector(init, op, i) if init is not None and i < init.n_terms else None
             if v0 is None and i == 0:
-                v0 = xp.reshape(op.kfac().right[0], (-1,))
+                v0 = _kfac_start(op)
             res = power_svd(current, v0=v0, tol=tol, max_iter=max_iter, seed=rng, check_finite=False)
             pair = _pair(res, 0, op, i == 0)
             pairs.append(pair)

@@ -330,8 +330,8 @@ def lanczos_svd(
     if krylov_dim is None:
         kd = min(p, max(2 * k + 10, 20))
     else:
-        kd = _array.check_int(krylov_dim, "krylov_dim", minimum=k + 1) if k < p else p
-        kd = min(kd, p)
+        # Validated for k = min(m, n) too, where any krylov_dim >= k means the dense SVD.
+        kd = min(_array.check_int(krylov_dim, "krylov_dim", minimum=min(k + 1, p)), p)
     tol = _array.check_real(tol, "tol", low=0.0)
     max_restarts = _array.check_int(max_restarts, "max_restarts", minimum=0)
     rng = _array.as_generator(seed)
