@@ -37,6 +37,11 @@ def kfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> KronSum:
         One term: ``left[0] = g^T g / N`` (``d_g x d_g``), ``right[0] = a^T a / N``
         (``d_a x d_a``), symmetric positive semi-definite.
 
+    Raises
+    ------
+    ValueError, TypeError
+        On bad shapes or dtypes, non-finite values, or a factor that overflows the dtype.
+
     Notes
     -----
     Paper 002, eq. (1) (Martens & Grosse 2015): exact when ``a`` and ``g`` are independent
@@ -50,9 +55,9 @@ def kfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> KronSum:
     >>> float(ks.left[0][0, 0]), float(ks.right[0][0, 0])
     (2.0, 5.0)
     """
-    _, a, g = _checks.statistics(a, g, check_finite=check_finite)
-    n = a.shape[0]
-    return KronSum(((g.T @ g) / n,), ((a.T @ a) / n,))
+    xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
+    left, right = _checks.kfac_pair(a, g, xp)
+    return KronSum((left,), (right,))
 
 
 def _check_method(method: Any, terms: int) -> str:
@@ -90,13 +95,16 @@ def _warm_vector(init: Any, op: FisherBlockOperator, index: int | None) -> Any:
 def _nonzero(v: Any, xp: Any) -> Any:
     """``v``, or None (the solvers' seeded start) when it is zero: an all-zero warm start or
     K-FAC factor (a batch with ``a = 0``) carries no direction, and the caller never passed it."""
-    return v if float(xp.linalg.vector_norm(v)) > 0.0 else None
+    return v if bool(xp.any(v != 0.0)) else None
 
 
 def _kfac_start(op: FisherBlockOperator) -> Any:
-    """vec of the K-FAC factor ``E[a a^T]`` (PSD, see :func:`kpsvd`), or None when it is zero."""
+    """vec of the K-FAC factor ``E[a a^T]`` up to a scale (PSD, see :func:`kpsvd`), or None
+    when it is zero. From the operator's normalised copy of ``a``: the start's scale does not
+    matter, and ``a^T a`` itself overflows float32 from ``|a| ~ 1e19`` on."""
     xp = op.__array_namespace__()
-    return _nonzero(xp.reshape(op.kfac().right[0], (-1,)), xp)
+    a = op._a_unit
+    return _nonzero(xp.reshape(a.T @ a, (-1,)), xp)
 
 
 def _pair(res: IterativeSVDResult, i: int, op: FisherBlockOperator, first: bool) -> tuple[Any, Any]:

@@ -49,7 +49,21 @@ def _floor(be: _array.Backend, shape: tuple[int, int]) -> float:
 
 
 def _norm(x: Any, xp: Any) -> float:
-    return float(xp.linalg.vector_norm(x))
+    """Euclidean norm, correct at any representable scale.
+
+    ``vector_norm`` squares the entries: it overflows above ``sqrt(max)`` (float32: 1e19) and
+    loses digits below ``sqrt(n tiny / eps)`` (float32: ~1e-15). There the vector is divided
+    by its largest magnitude first: two more reductions, on the rare path only.
+    """
+    with _array.quiet_floating_point():  # an overflow is seen on the result
+        nrm = float(xp.linalg.vector_norm(x))
+    info = xp.finfo(x.dtype)
+    if math.isfinite(nrm) and nrm * nrm >= x.shape[0] * float(info.smallest_normal) / float(info.eps):
+        return nrm
+    top = max(float(xp.max(x)), -float(xp.min(x))) if x.shape[0] else 0.0
+    if not (top > 0.0 and math.isfinite(top)):
+        return nrm if top == 0.0 else math.inf
+    return top * float(xp.linalg.vector_norm(x / top))
 
 
 def _start_vector(v0: Any, n: int, op: Any, rng: Any) -> Any:

@@ -135,7 +135,7 @@ def tkfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> TKFACFactors:
     # Phi and Psi do not depend on the scales of a and g, and delta scales as their squares:
     # a and g are normalised by powers of two (exact) so that |a|^2 |g|^2, a fourth power,
     # neither overflows nor underflows, and delta is scaled back at the end.
-    (a, ea), (g, eg) = _power_of_two_normalized(a, "a", xp), _power_of_two_normalized(g, "g", xp)
+    (a, ea), (g, eg) = _checks.normalized(a, "a", xp), _checks.normalized(g, "g", xp)
     na = xp.sum(a * a, axis=1)
     ng = xp.sum(g * g, axis=1)
     w = na * ng
@@ -155,17 +155,3 @@ def tkfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> TKFACFactors:
         )
     return TKFACFactors(xp.asarray(delta, dtype=a.dtype, device=_array.device(a)), Phi, Psi)
 
-
-def _power_of_two_normalized(x: Any, name: str, xp: Any) -> tuple[Any, int]:
-    """``(2^-e x, e)`` with ``max |2^-e x|`` in [1/2, 1) (``e = 0`` for a zero ``x``)."""
-    high, low = _array.to_floats(xp, xp.max(x), xp.min(x))
-    top = max(high, -low)
-    if not math.isfinite(top):  # check_finite=False with non-finite statistics
-        raise ValueError(f"`{name}` contains NaN or infinity")
-    if top == 0.0:
-        return x, 0
-    e = math.frexp(top)[1]
-    if e == 0:
-        return x, 0
-    # Two normal factors: a single 2^-e is subnormal or overflows for |e| near the dtype's range.
-    return (x * math.ldexp(1.0, -(e // 2))) * math.ldexp(1.0, -(e - e // 2)), e
