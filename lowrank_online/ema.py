@@ -277,7 +277,13 @@ class LowRankEMA:
         Q = self.eigenvectors
         if Q is None:
             return op, op.xp
-        xp = _array.namespace(("eigenvectors", Q), xp=op.xp)
+        if op.is_array:
+            xp = _array.namespace(("eigenvectors", Q), ("X", op.array))
+        elif _array.namespace(("eigenvectors", Q)) is not op.xp:
+            raise TypeError(f"operator `X` works in {_array._namespace_name(op.xp)} but the tracker holds "
+                            f"{_array._namespace_name(_array.namespace(('eigenvectors', Q)))} arrays")
+        else:
+            xp = op.xp
         if op.shape != (Q.shape[0],) * 2:
             raise ValueError(f"`X` has shape {op.shape} but the tracker has dimension {Q.shape[0]}")
         if op.dtype != Q.dtype:

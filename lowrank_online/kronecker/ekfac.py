@@ -322,8 +322,13 @@ def ekfac_solve(
     _array.same_device(*names)
     _array.check_array(V, "V", xp, ndim=tuple(range(1, 8)), finite=check_finite)
     _array.check_array(scalings, "scalings", xp, ndim=2, finite=check_finite)
-    d_g, d_a = scalings.shape
-    _check_bases(basis_g, basis_a, d_g, d_a, xp, check_finite)
+    # The bases fix the sizes; a scalings array that disagrees is named as the culprit.
+    _checks.square(basis_g, "basis_g", xp, check_finite=check_finite)
+    _checks.square(basis_a, "basis_a", xp, check_finite=check_finite)
+    d_g, d_a = basis_g.shape[0], basis_a.shape[0]
+    if tuple(scalings.shape) != (d_g, d_a):
+        raise ValueError(f"`scalings` must have shape {(d_g, d_a)} (the sizes of `basis_g` and `basis_a`), "
+                         f"got {tuple(scalings.shape)}")
     damping = _array.check_real(damping, "damping", low=0.0)
     low = _check_nonnegative(scalings, xp)
     if not low + damping > 0.0:

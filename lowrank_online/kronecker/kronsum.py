@@ -79,6 +79,8 @@ class KronSum(NamedTuple):
         xp = _namespace(self)
         (m1, n1), (m2, n2) = _factor_shapes(self)
         _array.namespace(("x", x), ("left[0]", self.left[0]))
+        _array.same_device(("x", x), ("left[0]", self.left[0]))
+        _array.check_array(x, "x", xp, ndim=tuple(range(1, 8)))
         vector = _matrix_form(x, "x", (n1, n2))
         X = xp.reshape(x, (n1, n2)) if vector else x
         out = None

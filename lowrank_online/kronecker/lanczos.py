@@ -72,7 +72,9 @@ def _start_vector(v0: Any, n: int, op: Any, rng: Any) -> Any:
     if v0 is None:
         v = _array.standard_normal(rng, (n,), op.dtype, xp, op.device)
     else:
-        _array.namespace(("v0", v0), xp=xp)
+        if _array.namespace(("v0", v0)) is not xp:
+            raise TypeError(f"`v0` is a {_array._namespace_name(_array.namespace(('v0', v0)))} array but `A` lives in "
+                            f"{_array._namespace_name(xp)}; pass arrays of one namespace")
         _array.check_array(v0, "v0", xp, ndim=(1, 2), finite=True)
         if v0.ndim == 2 and v0.shape[1] != 1 or v0.shape[0] != n:
             raise ValueError(f"`v0` must have {n} entries (the number of columns of A), got shape {tuple(v0.shape)}")
