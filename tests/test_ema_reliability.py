@@ -306,3 +306,104 @@ def test_skips_are_counted_in_checkpoints():
         tracker.update(rng.standard_normal((D, 2)) * 1e200)
     restored = LowRankEMA.from_state_dict(tracker.state_dict())
     assert restored.skipped_updates == 1 and restored.max_failures == 3
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------
+def _saved():
+    rng = np.random.default_rng(14)
+    tracker = LowRankEMA(3, 0.9, reorthonormalize_every=4, max_failures=5)
+    for _ in range(3):
+        tracker.update(rng.standard_normal((D, 2)))
+    return tracker.state_dict()
+
+
+def _edit(key, value):
+    def apply(state):
+        state[key] = value(state) if callable(value) else value
+    return apply
+
+
+def _drop(key):
+    return lambda state: state.pop(key)
+
+
+TAMPERED = [
+    (_drop("rank"), r"lacks the entries \['rank'\]"),
+    (_drop("decay"), r"lacks the entries \['decay'\]"),
+    (_drop("n_updates"), r"lacks the entries \['n_updates'\]"),
+    (_drop("eigenvectors"), "has 'eigenvalues' but not 'eigenvectors'"),
+    (_drop("eigenvalues"), "has 'eigenvectors' but not 'eigenvalues'"),
+    (lambda s: s.__setitem__("eigvecs", s.pop("eigenvectors")), r"unknown entries \['eigvecs'\]"),
+    (_edit("format", 3), r"`state\['format'\]` is 3"),
+    (_edit("format", "2"), r"`state\['format'\]` must be an integer"),
+    (_edit("rank", 2.5), r"`state\['rank'\]` must be an integer >= 1, got 2.5"),
+    (_edit("rank", 0), r"`state\['rank'\]` must be an integer >= 1"),
+    (_edit("rank", True), r"`state\['rank'\]` must be an integer"),
+    (_edit("n_updates", -1), r"`state\['n_updates'\]` must be an integer >= 0"),
+    (_edit("max_failures", 0), r"`state\['max_failures'\]` must be an integer >= 1"),
+    (_edit("skipped_updates", 1.5), r"`state\['skipped_updates'\]` must be an integer"),
+    (_edit("reorthonormalize_every", -2), r"`state\['reorthonormalize_every'\]` must be an integer >= 0"),
+    (_edit("decay", 0.0), r"`state\['decay'\]` must lie in \(0, 1\]"),
+    (_edit("decay", float("nan")), r"`state\['decay'\]` must lie in \(0, 1\]"),
+    (_edit("decay", "0.9"), r"`state\['decay'\]` must be a real number"),
+    (_edit("eigenvalues", lambda s: s["eigenvalues"] * np.nan), r"`state\['eigenvalues'\]` contains NaN"),
+    (_edit("eigenvectors", lambda s: s["eigenvectors"] * np.inf), r"`state\['eigenvectors'\]` contains NaN"),
+    (_edit("eigenvalues", lambda s: -s["eigenvalues"]), r"`state\['eigenvalues'\]` must be non-negative"),
+    (_edit("eigenvalues", lambda s: s["eigenvalues"][::-1].copy()), r"`state\['eigenvalues'\]` must be sorted"),
+    (_edit("eigenvalues", lambda s: s["eigenvalues"][:-1]), r"must be \(d, m\) and \(m,\)"),
+    (_edit("eigenvectors", lambda s: s["eigenvectors"][:-1, :]), r"`state\['eigenvectors'\]` must be orthonormal"),
+    (_edit("eigenvectors", lambda s: s["eigenvectors"][:, :1]), r"must be \(d, m\) and \(m,\)"),
+    (_edit("eigenvectors", lambda s: s["eigenvectors"][None]), r"`state\['eigenvectors'\]` must be 2-D"),
+    (_edit("eigenvectors", lambda s: s["eigenvectors"] * 1.01), r"`state\['eigenvectors'\]` must be orthonormal"),
+    (_edit("eigenvectors", lambda s: s["eigenvectors"].astype(np.float32)), "a tracker holds one dtype"),
+    (_edit("eigenvectors", lambda s: s["eigenvectors"].astype(np.int64)), r"`state\['eigenvectors'\]` must have dtype"),
+    (_edit("eigenvalues", [3.0, 2.0, 1.0]), r"`state\['eigenvalues'\]` must be an array"),
+]
+
+
+@pytest.mark.parametrize(("tamper", "match"), TAMPERED)
+def test_tampered_checkpoints_are_refused_naming_the_entry(tmp_path, tamper, match):
+    from lowrank_online import load_state, save_state
+
+    save_state(tmp_path / "ema.npz", _saved())
+    state = load_state(tmp_path / "ema.npz")
+    tamper(state)
+    with pytest.raises(ValueError, match=match):
+        LowRankEMA.from_state_dict(state)
+
+
+def test_a_checkpoint_that_is_not_a_dict_is_a_type_error():
+    with pytest.raises(TypeError, match="`state` must be a dict"):
+        LowRankEMA.from_state_dict([("rank", 3)])
+
+
+def test_format_1_checkpoints_still_load():
+    state = _saved()
+    for key in ("format", "max_failures", "skipped_updates"):
+        del state[key]
+    restored = LowRankEMA.from_state_dict(state)
+    assert restored.max_failures == 10 and restored.skipped_updates == 0 and restored.n_updates == 3
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_save_load_save_load_is_bit_exact_on_every_backend(tmp_path, xp, dtype):
+    from lowrank_online import load_state, save_state
+
+    rng = np.random.default_rng(15)
+    tracker = LowRankEMA(3, 0.9, reorthonormalize_every=2, max_failures=4)
+    for _ in range(3):
+        tracker.update(asarray(xp, rng.standard_normal((D, 2)), dtype))
+    tracker.skipped_updates = 2
+    save_state(tmp_path / "a.npz", tracker.state_dict())
+    first = LowRankEMA.from_state_dict(load_state(tmp_path / "a.npz"), xp=xp)
+    save_state(tmp_path / "b.npz", first.state_dict())
+    second = LowRankEMA.from_state_dict(load_state(tmp_path / "b.npz"), xp=xp)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    for restored in (first, second):
+        assert restored.eigenvectors.dtype == tracker.eigenvectors.dtype
+        np.testing.assert_array_equal(to_np(restored.eigenvectors), to_np(tracker.eigenvectors))
+        np.testing.assert_array_equal(to_np(restored.eigenvalues), to_np(tracker.eigenvalues))
+        assert (restored.rank, restored.decay, restored.n_updates, restored.reorthonormalize_every,
+                restored.max_failures, restored.skipped_updates) == (3, 0.9, 3, 2, 4, 2)
