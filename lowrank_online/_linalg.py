@@ -264,7 +264,7 @@ def complement(Q: Any, A: Any, be: _array.Backend, *, _rescaled: bool = False) -
     The common case pays nothing; a rescaled block costs two reductions, a copy and the
     first pass again.
     """
-    xp, cxp = be.xp, be.cxp
+    cxp = be.cxp
     r = Q.shape[1]
     floor = CHOLQR2_FLOOR * be.eps
 
@@ -365,7 +365,7 @@ def _empty_complement(Q: Any, C: Any, be: _array.Backend) -> Complement:
 
 def _rank_revealing_complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
     """Slow, always-correct path of :func:`complement` (thin SVD of the residual)."""
-    xp, cxp = be.xp, be.cxp
+    cxp = be.cxp
     r = Q.shape[1]
 
     C1 = be.persist(Q.T @ A)

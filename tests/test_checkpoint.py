@@ -4,8 +4,8 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import asarray, to_np
+
 from lowrank_online import load_state, save_state
 
 

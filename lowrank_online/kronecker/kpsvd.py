@@ -238,7 +238,6 @@ def kpsvd(
     if init is not None and not isinstance(init, KronSum):
         raise TypeError(f"`init` must be a KronSum (a previous result), got {type(init).__name__}")
     rng = _array.as_generator(seed)
-    xp = op.__array_namespace__()
     if method == "lanczos":
         kd = max(2 * terms + 6, 10) if krylov_dim is None else krylov_dim
         v0 = _warm_vector(init, op, None)
