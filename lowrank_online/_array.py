@@ -311,6 +311,14 @@ def check_int(
     return value
 
 
+def check_bool(value: Any, name: str) -> bool:
+    """Validate a flag: ``True`` or ``False`` (NumPy's ``bool_`` too), not a truthy value
+    such as ``"no"``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"`{name}` must be True or False, got {type(value).__name__} {value!r}")
+
+
 def check_real(
     value: Any,
     name: str,

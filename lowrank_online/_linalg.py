@@ -2,12 +2,16 @@
 
 * :func:`small_eigh` / :func:`small_svd` factorize the small (r+n)-sized cores, in float64
   where the device has it, in descending order, with a fallback when the first LAPACK path
-  fails (a decomposition that fails must not kill a long run).
+  fails (a decomposition that fails must not kill a long run); :func:`thin_svd` does the
+  same for a tall matrix, and :func:`orthonormalize` falls back from CholeskyQR to
+  Householder QR to the SVD. Each chain ends in :class:`DecompositionError`, which the
+  stateful shells turn into "keep the previous state".
 * :func:`flip_signs` is the library's sign convention (largest-magnitude entry positive).
 * :func:`orthonormalize` is a GEMM-rich CholeskyQR2 with a Householder fallback, used by the
   range finders.
 * :func:`complement` writes a block against an orthonormal basis, ``A = Q C + P R``, the step
-  that Brand's update (paper 001, Alg. 2 line 4-5, Alg. 3 line 3-4) spends its time in.
+  that Brand's update (paper 001, Alg. 2 line 4-5, Alg. 3 line 3-4) spends its time in; a
+  block whose Gram matrix would over- or underflow is rescaled by a power of two first.
 * :func:`scaled_gram` forms ``A A^T`` of a wide block (more columns than rows) with a
   power-of-two scale, so that it neither overflows nor underflows.
 
@@ -24,12 +28,20 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from . import _array
 
 __all__ = ["DecompositionError"]
 
 # numpy.linalg.LinAlgError subclasses ValueError; torch's subclasses RuntimeError.
 _LINALG_ERRORS = (ValueError, RuntimeError, ArithmeticError)
+# What a computation on validated input raises when it fails numerically: DecompositionError
+# and FloatingPointError (ArithmeticError), LAPACK's non-convergence (numpy.linalg.LinAlgError,
+# which CuPy and array-api-strict raise too; torch's LinAlgError is a RuntimeError). Unlike
+# _LINALG_ERRORS it leaves out plain ValueError, so that a refusal of input raised in the middle
+# of a computation (reigh's symmetry test from its first sketch) stays a refusal.
+NUMERICAL_FAILURES = (ArithmeticError, RuntimeError, np.linalg.LinAlgError)
 
 # Accept the one-pass Gram normalisation when cond(W) <= KAPPA_FAST: the orthogonality it
 # loses is ~ eps * cond(W)**2, i.e. at most ~64 eps. Measured on Gaussian blocks with d >> n
@@ -147,8 +159,12 @@ def orthonormalize(Y: Any, be: _array.Backend, *, passes: int = 2) -> Any:
     conditioning is known exactly), repeated ``passes`` times: each pass costs two GEMMs
     (4dk^2 flops at GEMM speed), where LAPACK's Householder QR runs at a fraction of it.
     When ``Y`` is too ill-conditioned for the Gram matrix (cond > (1e3 eps)^-1/2) it falls
-    back to Householder QR, which returns an orthonormal basis in every case.
+    back to Householder QR, which returns an orthonormal basis in every case, and when QR
+    fails (raises, or returns non-finite values) to the left singular vectors of ``Y``;
+    :class:`DecompositionError` when that fails too. A ``Y`` without columns is returned as is.
     """
+    if Y.shape[1] == 0:
+        return Y
     floor = CHOLQR2_FLOOR * be.eps
     # Y is read by every pass (and by the fallback): a lazy Y is materialised once.
     P = Y = be.persist(Y)
@@ -162,7 +178,48 @@ def orthonormalize(Y: Any, be: _array.Backend, *, passes: int = 2) -> Any:
         P = be.persist(be.matmul(P, be.from_core(V / be.cxp.sqrt(mu)[None, :])))
     else:
         return P
-    return be.persist(be.xp.linalg.qr(Y).Q)
+    return _householder_basis(Y, be)
+
+
+def _householder_basis(Y: Any, be: _array.Backend) -> Any:
+    """Householder QR's basis of a tall ``Y``, else the SVD's (the fallbacks of orthonormalize)."""
+    xp = be.xp
+    try:
+        P = be.persist(xp.linalg.qr(Y).Q)
+        if be.all_finite(P):
+            return P
+    except NUMERICAL_FAILURES:
+        pass
+    U, _, _ = thin_svd(Y, be)
+    return U
+
+
+def thin_svd(F: Any, be: _array.Backend) -> tuple[Any, Any, Any]:
+    """LAPACK's thin SVD of a tall ``F`` (d x k), with a fallback chain.
+
+    When the SVD raises or returns non-finite values: Householder QR ``F = P R`` and the SVD of
+    the small ``R`` (:func:`small_svd`, itself with a fallback), a different LAPACK path with
+    the same accuracy. Returns ``(U, s, Vh)`` in the tall namespace; raises
+    :class:`DecompositionError` when every path fails.
+    """
+    xp = be.xp
+    try:
+        U, s, Vh = xp.linalg.svd(F, full_matrices=False)
+        U, s, Vh = be.persist(U, s, Vh)
+        if be.all_finite(U, s, Vh):
+            return U, s, Vh
+    except NUMERICAL_FAILURES:
+        pass
+    try:
+        P, R = xp.linalg.qr(F)
+        P = be.persist(P)
+        if be.all_finite(P, R):
+            Rl, lxp = be.local(R)  # k x k: factorized where small problems are (the client on Dask)
+            Ur, s, Vh = small_svd(Rl, lxp)
+            return be.persist(be.matmul(P, be.distribute(Ur))), be.distribute(s), be.distribute(Vh)
+    except NUMERICAL_FAILURES:
+        pass
+    raise DecompositionError(f"SVD of a {F.shape[0]}x{F.shape[1]} block failed (non-convergence or non-finite values)")
 
 
 class Complement(NamedTuple):
@@ -178,7 +235,7 @@ class Complement(NamedTuple):
     zp: Any  # (r + m, k), core dtype
 
 
-def complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
+def complement(Q: Any, A: Any, be: _array.Backend, *, _rescaled: bool = False) -> Complement:
     """Orthogonal complement of the block ``A`` (d x n) against the orthonormal ``Q`` (d x r).
 
     Block classical Gram-Schmidt with selective re-orthogonalisation ("twice is enough",
@@ -197,8 +254,17 @@ def complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
     ``NOISE_FACTOR sqrt(r + 1) eps |A|_F``) are dropped: they carry nothing and are not
     reliably orthogonal to Q. Exact to rounding: ``A - Q coef_q - P coef_p`` is of order
     ``eps * |A|``.
+
+    Scale: the Gram matrix ``W^T W`` squares the magnitude of A, so it overflows for
+    ``|A| > sqrt(max)`` and drops the digits of the residual (or all of it) for
+    ``|A|_F^2 < tiny / eps^2`` (float64: ``|A| < 1e-138``; float32: ``|A| < 1e-12``). Both are
+    seen on the first pass (``|A|_F^2 = |C|_F^2 + tr G``, known without another pass) and
+    the block is then written as ``A = 2^e A'`` with ``max |A'|`` in [1/2, 1): the complement
+    of ``A'`` has the same basis and coefficients ``2^-e`` times A's, exactly (a power of two).
+    The common case pays nothing; a rescaled block costs two reductions, a copy and the
+    first pass again.
     """
-    xp, cxp = be.xp, be.cxp
+    cxp = be.cxp
     r = Q.shape[1]
     floor = CHOLQR2_FLOOR * be.eps
 
@@ -206,10 +272,13 @@ def complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
     # final rotation. On a distributed backend the first two are one submitted graph: A and W
     # are materialised once (each is read twice), C1 is computed once on the cluster (read by
     # W and by the client), and C1 and W^T W reach the client in one round trip.
-    C1 = Q.T @ A
-    W = be.residual(A, Q, C1)
-    A, C1, W, G = be.persist(A, C1, W, W.T @ W)
-    C, G = be.to_core(C1, G)
+    with _array.quiet_floating_point():  # an over- or underflow is seen below and rescaled
+        C1 = Q.T @ A
+        W = be.residual(A, Q, C1)
+        A, C1, W, G = be.persist(A, C1, W, W.T @ W)
+        C, G = be.to_core(C1, G)
+    if not _rescaled and not _gram_in_range(C, G, be):
+        return _rescaled_complement(Q, A, be)
     R_prev = None  # A = Q C + W R_prev, R_prev the identity until W has been normalised
     noise2 = None
     for attempt in range(4):
@@ -260,13 +329,43 @@ def complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
     return _rank_revealing_complement(Q, A, be)
 
 
+def _gram_in_range(C: Any, G: Any, be: _array.Backend) -> bool:
+    """Whether the first pass of :func:`complement` kept its digits: finite, and
+    ``|A|_F^2 = |C|_F^2 + tr G`` at least ``tiny / eps^2`` of the tall dtype (then what
+    underflowed costs at most ``n tiny``, i.e. ``n eps^2`` relative to the Gram matrix)."""
+    cxp = be.cxp
+    if not _finite(cxp, C, G):
+        return False
+    scale2 = float(cxp.sum(C * C)) + float(cxp.linalg.trace(G))
+    return scale2 >= _array.smallest_normal(be.xp, be.dtype) / be.eps**2 and math.isfinite(scale2)
+
+
+def _rescaled_complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
+    """:func:`complement` of ``2^-e A`` with ``e`` the exponent of ``max |A|``, coefficients
+    scaled back by ``2^e`` in the core dtype (exact: powers of two)."""
+    xp = be.xp
+    high, low = _array.to_floats(xp, xp.max(A), xp.min(A))  # max and -min: no |A| temporary
+    amax = max(high, -low)
+    if not math.isfinite(amax):
+        raise FloatingPointError("non-finite values in the block to orthogonalise")
+    if amax == 0.0:
+        return _empty_complement(Q, be.zeros((Q.shape[1], A.shape[1])), be)
+    e = math.frexp(amax)[1]  # amax = m 2^e with 0.5 <= m < 1
+    # Two normal factors: a single 2^-e is subnormal or overflows for |e| near the dtype's range.
+    As = A * math.ldexp(1.0, -(e // 2))
+    As *= math.ldexp(1.0, -(e - e // 2))
+    comp = complement(Q, As, be, _rescaled=True)
+    f = math.ldexp(1.0, e)
+    return comp._replace(coef_q=comp.coef_q * f, coef_p=comp.coef_p * f)
+
+
 def _empty_complement(Q: Any, C: Any, be: _array.Backend) -> Complement:
     return Complement(C, be.zeros((0, C.shape[1])), Q, be.zeros((Q.shape[1], 0)))
 
 
 def _rank_revealing_complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
     """Slow, always-correct path of :func:`complement` (thin SVD of the residual)."""
-    xp, cxp = be.xp, be.cxp
+    cxp = be.cxp
     r = Q.shape[1]
 
     C1 = be.persist(Q.T @ A)
@@ -275,10 +374,7 @@ def _rank_revealing_complement(Q: Any, A: Any, be: _array.Backend) -> Complement
     W = be.persist(be.residual(W, Q, C2))
     C1, C2 = be.to_core(C1, C2)
     C = C1 + C2
-    U, s, _ = xp.linalg.svd(W, full_matrices=False)
-    U, s = be.persist(U, s)
-    if not be.all_finite(U, s):
-        raise FloatingPointError("non-finite values in the SVD of the complement")
+    U, s, _ = thin_svd(W, be)
     s_core = be.to_core(s)
     scale = float(cxp.sqrt(cxp.sum(C * C) + cxp.sum(s_core * s_core)))
     threshold = NOISE_FACTOR * (r + 1) ** 0.5 * be.eps * scale

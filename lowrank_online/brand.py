@@ -199,8 +199,17 @@ def _eigh_update(
     """Validated entry point (used by the trackers): retry a float32 overflow in float64.
 
     ``check_finite`` only matters on a lazy namespace, whose inputs are checked on the small
-    cores (a ``ValueError`` naming the argument); in memory the caller checked them.
+    cores (a ``ValueError`` naming the argument); in memory the caller checked them. NumPy's
+    floating-point warnings are silenced: an overflow is detected on the cores and results
+    and raised as :class:`~lowrank_online.DecompositionError`.
     """
+    with _array.quiet_floating_point():
+        return _eigh_update_retried(L, Q, A, decay, weight, rank, xp, check_finite)
+
+
+def _eigh_update_retried(
+    L: Any, Q: Any, A: Any, decay: float, weight: float, rank: int | None, xp: Any, check_finite: bool
+) -> EighResult:
     try:
         return _eigh_update_impl(L, Q, A, decay, weight, rank, xp, check_finite)
     except FloatingPointError as err:
@@ -323,7 +332,10 @@ def _brand_eigh_update(
     k = comp.coef_p.shape[0]
     K = cxp.concat([comp.coef_q, comp.coef_p], axis=0)
     held = cxp.concat([be.to_core(L) * decay, be.zeros((k,))])
-    lam, U = _linalg.small_eigh(weight * (K @ K.T) + _linalg.diag(held, cxp), cxp)
+    core = weight * (K @ K.T) + _linalg.diag(held, cxp)
+    if not _linalg._finite(cxp, core):  # the updated matrix itself is beyond the core dtype
+        raise FloatingPointError("the updated matrix overflows")
+    lam, U = _linalg.small_eigh(core, cxp)
 
     m = lam.shape[0] if rank is None else min(rank, lam.shape[0])
     lam, U = cxp.clip(lam[:m], min=0.0), U[:, :m]
@@ -439,6 +451,14 @@ def svd_update(
     dt = _array.result_dtype(xp, U, S, Vh, A, B)
     S = _nonnegative(_array.astype(S, dt, xp), "S", xp)
     args = [_array.astype(x, dt, xp) for x in (U, S, Vh, A, B)]
+    # An overflow is detected on the cores and results (DecompositionError): NumPy's warnings
+    # about it would report a handled case.
+    with _array.quiet_floating_point():
+        return _svd_update_retried(args, dt, rank, xp, check_finite)
+
+
+def _svd_update_retried(args: list[Any], dt: Any, rank: int | None, xp: Any, check_finite: bool) -> SVDResult:
+    """:func:`_svd_update_impl`, a float32 overflow retried in float64."""
     try:
         return _svd_update_impl(*args, rank, xp, check_finite)
     except FloatingPointError as err:
@@ -476,7 +496,10 @@ def _svd_update_impl(
         ],
         axis=0,
     )
-    Um, s, Vmh = _linalg.small_svd(held + Ka @ Kb.T, cxp)
+    core = held + Ka @ Kb.T
+    if not _linalg._finite(cxp, core):  # the updated matrix itself is beyond the core dtype
+        raise FloatingPointError("the updated matrix overflows")
+    Um, s, Vmh = _linalg.small_svd(core, cxp)
 
     p = s.shape[0] if rank is None else min(rank, s.shape[0])
     Um, s, Vm = Um[:, :p], s[:p], Vmh[:p, :].T

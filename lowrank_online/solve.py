@@ -48,7 +48,8 @@ def damped_solve(
     ValueError
         On shape mismatch, non-finite input, negative eigenvalues or ``damping <= 0``.
     TypeError
-        On non-floating dtypes or arrays from different namespaces.
+        On non-floating dtypes, arrays from different namespaces or a ``continuation``
+        that is not a bool.
 
     Notes
     -----
@@ -93,6 +94,7 @@ def damped_solve(
             "they must have the same dimension d"
         )
     damping = _array.check_real(damping, "damping", low=0.0, low_open=True)
+    continuation = _array.check_bool(continuation, "continuation")
     dt = _array.result_dtype(xp, eigenvalues, eigenvectors, X)
     L = _nonnegative(_array.astype(eigenvalues, dt, xp), "eigenvalues", xp)
     return _damped_solve(

@@ -49,11 +49,30 @@ def _check_bases(basis_g: Any, basis_a: Any, d_g: int, d_a: int, xp: Any, check_
     _checks.square(basis_a, "basis_a", xp, check_finite=check_finite, size=d_a)
 
 
-def _projected_moments(a: Any, g: Any, basis_g: Any, basis_a: Any, xp: Any) -> Any:
-    """``(1/N) sum_t (Q_G^T g_t)^2 (Q_A^T a_t)^{2T}``: two projections and one GEMM."""
-    gh = g @ basis_g
-    ah = a @ basis_a
-    return ((gh * gh).T @ (ah * ah)) / a.shape[0]
+def _projected_moments(a: Any, g: Any, basis_g: Any, basis_a: Any, xp: Any, *, per_sample: bool = True) -> Any:
+    """``(1/N) sum_t (Q_G^T g_t)^2 (Q_A^T a_t)^{2T}``: two projections and one GEMM
+    (``per_sample=False``: the square of the projected mean gradient instead).
+
+    The moments are fourth powers of the statistics: a and g are normalised by powers of two
+    first (exact), so that the products over- or underflow only when the moments themselves
+    do, and the result is scaled back; a ``ValueError`` when it overflows the dtype.
+    """
+    (a, ea), (g, eg) = _checks.normalized(a, "a", xp), _checks.normalized(g, "g", xp)
+    if per_sample:
+        gh = g @ basis_g
+        ah = a @ basis_a
+        moments = ((gh * gh).T @ (ah * ah)) / a.shape[0]
+    else:
+        mean = basis_g.T @ ((g.T @ a) / a.shape[0]) @ basis_a
+        moments = mean * mean
+    with _array.quiet_floating_point():  # an overflow is seen on the result
+        moments = _checks.scaled(moments, 2 * (ea + eg))
+    if not bool(xp.all(xp.isfinite(moments))):
+        raise ValueError(
+            f"the EKFAC scalings overflow {_array.dtype_name(moments.dtype)} (second moments of |g| |a| about "
+            f"2^{ea + eg}); rescale `a` or `g`"
+        )
+    return moments
 
 
 def ekfac_scalings(a: Any, g: Any, basis_g: Any, basis_a: Any, *, check_finite: bool = True) -> Any:
@@ -159,7 +178,10 @@ def ekfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> EKFACFactors:
     n = a.shape[0]
     be = _array.Backend.of(a, xp)
     bases = []
-    for M in ((g.T @ g) / n, (a.T @ a) / n):
+    # The bases do not depend on the scales of a and g: from the normalised statistics, so
+    # that g^T g and a^T a cannot over- or underflow.
+    an, gn = _checks.normalized(a, "a", xp)[0], _checks.normalized(g, "g", xp)[0]
+    for M in ((gn.T @ gn) / n, (an.T @ an) / n):
         _, Q = _linalg.small_eigh(be.to_core(M), be.cxp)
         Q, _ = _linalg.flip_signs(Q * 1.0, be.cxp)
         bases.append(be.from_core(Q))
@@ -182,7 +204,8 @@ def ekfac_update(
     Parameters
     ----------
     scalings : array, shape (d_g, d_a), or None
-        The running average ``S_{k-1}``; ``None`` starts it with this batch's estimate.
+        The running average ``S_{k-1}`` (non-negative); ``None`` starts it with this batch's
+        estimate.
     a : array, shape (N, d_a)
         Per-sample layer inputs of the new batch.
     g : array, shape (N, d_g)
@@ -227,17 +250,22 @@ def ekfac_update(
     _array.same_device(("basis_g", basis_g), ("basis_a", basis_a), ("a", a), ("scalings", scalings))
     d_g, d_a = g.shape[1], a.shape[1]
     _check_bases(basis_g, basis_a, d_g, d_a, xp, check_finite)
-    if per_sample:
-        batch = _projected_moments(a, g, basis_g, basis_a, xp)
-    else:
-        mean = basis_g.T @ ((g.T @ a) / a.shape[0]) @ basis_a
-        batch = mean * mean
+    batch = _projected_moments(a, g, basis_g, basis_a, xp, per_sample=per_sample)
     if scalings is None:
         return batch
     _array.check_array(scalings, "scalings", xp, ndim=2, finite=check_finite)
     if tuple(scalings.shape) != (d_g, d_a):
         raise ValueError(f"`scalings` must have shape {(d_g, d_a)}, got {tuple(scalings.shape)}")
+    _check_nonnegative(scalings, xp)
     return decay * scalings + (1.0 - decay) * batch
+
+
+def _check_nonnegative(scalings: Any, xp: Any) -> float:
+    """The smallest scaling; ``ValueError`` naming ``scalings`` when it is negative."""
+    low = float(xp.min(scalings)) if scalings.shape[0] * scalings.shape[1] else 0.0
+    if low < 0.0:
+        raise ValueError(f"`scalings` must be non-negative (second moments), got minimum {low:.3g}")
+    return low
 
 
 def ekfac_solve(
@@ -294,12 +322,15 @@ def ekfac_solve(
     _array.same_device(*names)
     _array.check_array(V, "V", xp, ndim=tuple(range(1, 8)), finite=check_finite)
     _array.check_array(scalings, "scalings", xp, ndim=2, finite=check_finite)
-    d_g, d_a = scalings.shape
-    _check_bases(basis_g, basis_a, d_g, d_a, xp, check_finite)
+    # The bases fix the sizes; a scalings array that disagrees is named as the culprit.
+    _checks.square(basis_g, "basis_g", xp, check_finite=check_finite)
+    _checks.square(basis_a, "basis_a", xp, check_finite=check_finite)
+    d_g, d_a = basis_g.shape[0], basis_a.shape[0]
+    if tuple(scalings.shape) != (d_g, d_a):
+        raise ValueError(f"`scalings` must have shape {(d_g, d_a)} (the sizes of `basis_g` and `basis_a`), "
+                         f"got {tuple(scalings.shape)}")
     damping = _array.check_real(damping, "damping", low=0.0)
-    low = float(xp.min(scalings)) if d_g * d_a else 0.0
-    if low < 0.0:
-        raise ValueError(f"`scalings` must be non-negative (second moments), got minimum {low:.3g}")
+    low = _check_nonnegative(scalings, xp)
     if not low + damping > 0.0:
         raise ValueError("`scalings` + `damping` must be positive; pass damping > 0")
     vector = V.ndim == 1

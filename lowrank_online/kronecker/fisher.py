@@ -67,7 +67,9 @@ class FisherBlockOperator:
     flops) and ``g^T diag(c) g`` (``2 N d_g^2 k`` flops), so a product costs
     ``O(N (d_a^2 + d_g^2) k)`` time and ``O(N (d_a + d_g) k + (d_a^2 + d_g^2) k)`` memory.
     Neither F (``d_a^2 d_g^2`` entries) nor R(F) is formed. Subtracted terms add
-    ``vec(L_i) vec(R_i)^T`` products, ``O((d_a^2 + d_g^2) k)`` each. The operator satisfies
+    ``vec(L_i) vec(R_i)^T`` products, ``O((d_a^2 + d_g^2) k)`` each. The products run on
+    copies of ``a`` and ``g`` normalised by powers of two (exact), the scale applied to the
+    result, so a product over- or underflows only when ``R(F) V`` itself does. The operator satisfies
     :mod:`lowrank_online.operators`, so :func:`~lowrank_online.rsvd`,
     :func:`~lowrank_online.power_svd` and :func:`~lowrank_online.lanczos_svd` accept it.
 
@@ -107,6 +109,11 @@ class FisherBlockOperator:
         self.shape = (self.dim_g**2, self.dim_a**2)
         self.subtracted: KronSum | None = None
         self._sub_left = self._sub_right = None
+        # The products are fourth powers of the statistics (a^T V a times g g^T): they run on
+        # copies normalised by powers of two, and 2^(2 (e_a + e_g)) is applied to the result,
+        # so they over- or underflow only when R(F) V itself does.
+        (self._a_unit, ea), (self._g_unit, eg) = _checks.normalized(a, "a", xp), _checks.normalized(g, "g", xp)
+        self._scale_exponent = 2 * (ea + eg)
         if subtract is not None:
             self._set_subtracted(subtract, check_finite)
 
@@ -161,6 +168,11 @@ class FisherBlockOperator:
     def _block(self, V: Any, name: str, rows: int) -> tuple[Any, bool]:
         xp = self._xp
         _array.namespace((name, V), ("a", self.a))
+        _array.same_device((name, V), ("a", self.a))
+        # Floating and finite: an integer block would be cast silently, and a product with NaN
+        # would be reported later as a non-finite Fisher block. The check is a pass over V,
+        # against the product's O(N (d_a^2 + d_g^2)) flops per column.
+        _array.check_array(V, name, xp, ndim=(1, 2))
         vector = V.ndim == 1
         if V.ndim not in (1, 2) or V.shape[0] != rows:
             raise ValueError(f"`{name}` must have shape ({rows}, k) or ({rows},), got {tuple(V.shape)}")
@@ -180,18 +192,25 @@ class FisherBlockOperator:
         Z = xp.reshape(Y[:, :, None] * c[:, None, :], (n, dy * k))
         return xp.reshape(Y.T @ Z, (dy * dy, k))
 
+    def _scaled_gram(self, X: Any, Y: Any, V: Any) -> Any:
+        """:meth:`_weighted_gram` of the normalised statistics, scaled back (exact)."""
+        with _array.quiet_floating_point():  # an overflow of R(F) V itself shows in its result
+            return _checks.scaled(self._weighted_gram(X, Y, V), self._scale_exponent)
+
     def matmat(self, V: Any) -> Any:
-        """``R(F) @ V`` for ``V`` of shape ``(d_a^2, k)`` (or ``(d_a^2,)``)."""
+        """``R(F) @ V`` for ``V`` of shape ``(d_a^2, k)`` (or ``(d_a^2,)``), floating and finite
+        (``ValueError`` / ``TypeError`` naming ``V`` otherwise)."""
         V, vector = self._block(V, "V", self.shape[1])
-        out = self._weighted_gram(self.a, self.g, V)
+        out = self._scaled_gram(self._a_unit, self._g_unit, V)
         if self._sub_left is not None:
             out = out - self._sub_left @ (self._sub_right.T @ V)
         return out[:, 0] if vector else out
 
     def rmatmat(self, U: Any) -> Any:
-        """``R(F)^T @ U`` for ``U`` of shape ``(d_g^2, k)`` (or ``(d_g^2,)``)."""
+        """``R(F)^T @ U`` for ``U`` of shape ``(d_g^2, k)`` (or ``(d_g^2,)``), floating and
+        finite (``ValueError`` / ``TypeError`` naming ``U`` otherwise)."""
         U, vector = self._block(U, "U", self.shape[0])
-        out = self._weighted_gram(self.g, self.a, U)
+        out = self._scaled_gram(self._g_unit, self._a_unit, U)
         if self._sub_left is not None:
             out = out - self._sub_right @ (self._sub_left.T @ U)
         return out[:, 0] if vector else out
@@ -232,8 +251,8 @@ class FisherBlockOperator:
 
     def kfac(self) -> KronSum:
         """K-FAC's single term ``E[g g^T] ⊗ E[a a^T]`` (``O(N (d_a^2 + d_g^2))`` flops)."""
-        n = self.n_samples
-        return KronSum(((self.g.T @ self.g) / n,), ((self.a.T @ self.a) / n,))
+        left, right = _checks.kfac_pair(self.a, self.g, self._xp)
+        return KronSum((left,), (right,))
 
     def trace(self) -> float:
         """``tr(F - subtracted)``; ``tr F = E[|a|^2 |g|^2]``, ``O(N (d_a + d_g))`` flops."""

@@ -37,6 +37,11 @@ def kfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> KronSum:
         One term: ``left[0] = g^T g / N`` (``d_g x d_g``), ``right[0] = a^T a / N``
         (``d_a x d_a``), symmetric positive semi-definite.
 
+    Raises
+    ------
+    ValueError, TypeError
+        On bad shapes or dtypes, non-finite values, or a factor that overflows the dtype.
+
     Notes
     -----
     Paper 002, eq. (1) (Martens & Grosse 2015): exact when ``a`` and ``g`` are independent
@@ -50,9 +55,9 @@ def kfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> KronSum:
     >>> float(ks.left[0][0, 0]), float(ks.right[0][0, 0])
     (2.0, 5.0)
     """
-    _, a, g = _checks.statistics(a, g, check_finite=check_finite)
-    n = a.shape[0]
-    return KronSum(((g.T @ g) / n,), ((a.T @ a) / n,))
+    xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
+    left, right = _checks.kfac_pair(a, g, xp)
+    return KronSum((left,), (right,))
 
 
 def _check_method(method: Any, terms: int) -> str:
@@ -84,7 +89,22 @@ def _warm_vector(init: Any, op: FisherBlockOperator, index: int | None) -> Any:
     v = xp.reshape(_array.astype(rights[0], op.dtype, xp), (-1,))
     for R in rights[1:]:
         v = v + xp.reshape(_array.astype(R, op.dtype, xp), (-1,))
-    return v
+    return _nonzero(v, xp)
+
+
+def _nonzero(v: Any, xp: Any) -> Any:
+    """``v``, or None (the solvers' seeded start) when it is zero: an all-zero warm start or
+    K-FAC factor (a batch with ``a = 0``) carries no direction, and the caller never passed it."""
+    return v if bool(xp.any(v != 0.0)) else None
+
+
+def _kfac_start(op: FisherBlockOperator) -> Any:
+    """vec of the K-FAC factor ``E[a a^T]`` up to a scale (PSD, see :func:`kpsvd`), or None
+    when it is zero. From the operator's normalised copy of ``a``: the start's scale does not
+    matter, and ``a^T a`` itself overflows float32 from ``|a| ~ 1e19`` on."""
+    xp = op.__array_namespace__()
+    a = op._a_unit
+    return _nonzero(xp.reshape(a.T @ a, (-1,)), xp)
 
 
 def _pair(res: IterativeSVDResult, i: int, op: FisherBlockOperator, first: bool) -> tuple[Any, Any]:
@@ -144,7 +164,8 @@ def kpsvd(
     init : KronSum, optional
         Warm start from a previous result (paper 002, Sec. 4): its right factors start the
         iterations. Default: the K-FAC factor ``E[a a^T]`` for the first term (a positive
-        semi-definite start, so every power iterate stays PSD), a seeded Gaussian otherwise.
+        semi-definite start, so every power iterate stays PSD), a seeded Gaussian otherwise
+        and wherever that start would be zero (then ``F = 0`` and the factors are zero).
     seed : None, int or numpy.random.Generator, optional
         Seed of the random start vectors. Default 0 (deterministic).
     check_finite : bool, optional
@@ -217,12 +238,11 @@ def kpsvd(
     if init is not None and not isinstance(init, KronSum):
         raise TypeError(f"`init` must be a KronSum (a previous result), got {type(init).__name__}")
     rng = _array.as_generator(seed)
-    xp = op.__array_namespace__()
     if method == "lanczos":
         kd = max(2 * terms + 6, 10) if krylov_dim is None else krylov_dim
         v0 = _warm_vector(init, op, None)
         if v0 is None:
-            v0 = xp.reshape(op.kfac().right[0], (-1,))
+            v0 = _kfac_start(op)
         res = lanczos_svd(op, terms, krylov_dim=kd, v0=v0, tol=tol, max_restarts=max_iter, seed=rng, check_finite=False)
         pairs = [_pair(res, i, op, i == 0) for i in range(terms)]
     else:
@@ -231,7 +251,7 @@ def kpsvd(
         for i in range(terms):
             v0 = _warm_vector(init, op, i) if init is not None and i < init.n_terms else None
             if v0 is None and i == 0:
-                v0 = xp.reshape(op.kfac().right[0], (-1,))
+                v0 = _kfac_start(op)
             res = power_svd(current, v0=v0, tol=tol, max_iter=max_iter, seed=rng, check_finite=False)
             pair = _pair(res, 0, op, i == 0)
             pairs.append(pair)

@@ -79,6 +79,8 @@ class KronSum(NamedTuple):
         xp = _namespace(self)
         (m1, n1), (m2, n2) = _factor_shapes(self)
         _array.namespace(("x", x), ("left[0]", self.left[0]))
+        _array.same_device(("x", x), ("left[0]", self.left[0]))
+        _array.check_array(x, "x", xp, ndim=tuple(range(1, 8)))
         vector = _matrix_form(x, "x", (n1, n2))
         X = xp.reshape(x, (n1, n2)) if vector else x
         out = None
@@ -184,6 +186,8 @@ class KronSumInverse:
         not square and symmetric, shapes disagree, or values are not finite.
     TypeError
         On non-floating dtypes or arrays of different namespaces.
+    DecompositionError
+        When an eigendecomposition fails on every path of its fallback chain.
 
     Notes
     -----
@@ -198,7 +202,13 @@ class KronSumInverse:
 
     Positive definiteness of A and B is checked on the eigenvalues of the whitening: the
     smallest must exceed ``p eps`` times the largest (a message then names the matrix and its
-    smallest eigenvalue). The factorisations run in float64 where the device has it.
+    smallest eigenvalue). The sum is refused as singular when a ``1 + s1_i s2_j`` is below
+    ``4 max(p, q) eps`` times ``1 + |s1_i s2_j|``, the rounding level of that sum of two
+    terms (so ``C ⊗ D = -A ⊗ B`` is refused). The factorisations run in float64 where the
+    device has it; each eigendecomposition has a fallback (the first: ``eigh``, then the SVD
+    of the positive definite matrix; the second: ``eigh``, then the same chain on the matrix
+    shifted to be positive semi-definite), and :class:`~lowrank_online.DecompositionError` is
+    raised when both paths of one fail.
 
     Cost: setup two ``eigh`` of each size and a few GEMMs, ``~ 10 (p^3 + q^3)`` flops;
     ``apply`` ``4 (p^2 q + p q^2)`` flops per right-hand side, memory ``O(p^2 + q^2)``. The
@@ -274,12 +284,18 @@ class KronSumInverse:
         if eigenvalue_floor is not None:
             floor = _array.check_real(eigenvalue_floor, "eigenvalue_floor", low=0.0, low_open=True)
             mu = be.cxp.clip(mu, min=floor)
-        top = float(be.cxp.max(be.cxp.abs(mu)))
-        low = float(be.cxp.min(be.cxp.abs(mu)))
-        if not low > 4 * max(p, q) * be.eps * top:
+        # Each 1 + s1_i s2_j is a sum of two terms whose rounding is ~ eps (1 + |s1_i s2_j|):
+        # compared with that, not with the largest eigenvalue, so that a sum that cancels
+        # everywhere (C ⊗ D = -A ⊗ B, where every eigenvalue is rounding) is singular too.
+        size = 1.0 + be.cxp.abs(s1[:, None] * s2[None, :])
+        ratio = be.cxp.abs(mu) / size
+        worst = int(be.cxp.argmin(be.cxp.reshape(ratio, (-1,))))
+        low = float(be.cxp.reshape(ratio, (-1,))[worst])
+        if not low > 4 * max(p, q) * be.eps:
+            value = float(be.cxp.reshape(mu, (-1,))[worst])
             raise ValueError(
                 "A ⊗ B + C ⊗ D is singular to working precision (a generalised eigenvalue "
-                f"1 + s1_i s2_j is {low:.3g}); add damping"
+                f"1 + s1_i s2_j is {value:.3g}, {low:.2g} of its terms' size); add damping"
             )
         self._xp = xp
         self.device = dev
@@ -347,8 +363,25 @@ def _whitened_eigh(P: Any, Q: Any, pname: str, qname: str, be: _array.Backend) -
     M = _linalg.symmetrize(W.T @ Q @ W)
     try:
         s, F = cxp.linalg.eigh(M)
-    except _linalg._LINALG_ERRORS as err:
-        raise _linalg.DecompositionError(f"eigendecomposition of the whitened `{qname}` failed") from err
-    if not _linalg._finite(cxp, s, F):
-        raise _linalg.DecompositionError(f"eigendecomposition of the whitened `{qname}` returned non-finite values")
+        if _linalg._finite(cxp, s, F):
+            return W @ F, s
+    except _linalg.NUMERICAL_FAILURES:
+        pass
+    s, F = _shifted_eigh(M, qname, cxp)
     return W @ F, s
+
+
+def _shifted_eigh(M: Any, name: str, cxp: Any) -> tuple[Any, Any]:
+    """Fallback eigendecomposition of a symmetric ``M`` of any inertia, eigenvalues ascending.
+
+    ``M + |M|_F I`` is positive semi-definite, so :func:`~lowrank_online._linalg.small_eigh`
+    (``eigh``, then the SVD, which equals the EVD of a PSD matrix) applies; the shift is
+    subtracted afterwards, at an absolute cost of ``eps |M|_F``, the accuracy of ``eigh``
+    itself. :class:`~lowrank_online.DecompositionError` when both paths fail.
+    """
+    shift = float(cxp.linalg.matrix_norm(M))
+    try:
+        w, F = _linalg.small_eigh(M + shift * cxp.eye(M.shape[0], dtype=M.dtype, device=_array.device(M)), cxp)
+    except _linalg.DecompositionError as err:
+        raise _linalg.DecompositionError(f"eigendecomposition of the whitened `{name}` failed: {err}") from err
+    return cxp.flip(w, axis=0) - shift, cxp.flip(F, axis=1)

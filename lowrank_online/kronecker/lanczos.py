@@ -49,7 +49,21 @@ def _floor(be: _array.Backend, shape: tuple[int, int]) -> float:
 
 
 def _norm(x: Any, xp: Any) -> float:
-    return float(xp.linalg.vector_norm(x))
+    """Euclidean norm, correct at any representable scale.
+
+    ``vector_norm`` squares the entries: it overflows above ``sqrt(max)`` (float32: 1e19) and
+    loses digits below ``sqrt(n tiny / eps)`` (float32: ~1e-15). There the vector is divided
+    by its largest magnitude first: two more reductions, on the rare path only.
+    """
+    with _array.quiet_floating_point():  # an overflow is seen on the result
+        nrm = float(xp.linalg.vector_norm(x))
+    info = xp.finfo(x.dtype)
+    if math.isfinite(nrm) and nrm * nrm >= x.shape[0] * float(info.smallest_normal) / float(info.eps):
+        return nrm
+    top = max(float(xp.max(x)), -float(xp.min(x))) if x.shape[0] else 0.0
+    if not (top > 0.0 and math.isfinite(top)):
+        return nrm if top == 0.0 else math.inf
+    return top * float(xp.linalg.vector_norm(x / top))
 
 
 def _start_vector(v0: Any, n: int, op: Any, rng: Any) -> Any:
@@ -58,7 +72,9 @@ def _start_vector(v0: Any, n: int, op: Any, rng: Any) -> Any:
     if v0 is None:
         v = _array.standard_normal(rng, (n,), op.dtype, xp, op.device)
     else:
-        _array.namespace(("v0", v0), xp=xp)
+        if _array.namespace(("v0", v0)) is not xp:
+            raise TypeError(f"`v0` is a {_array._namespace_name(_array.namespace(('v0', v0)))} array but `A` lives in "
+                            f"{_array._namespace_name(xp)}; pass arrays of one namespace")
         _array.check_array(v0, "v0", xp, ndim=(1, 2), finite=True)
         if v0.ndim == 2 and v0.shape[1] != 1 or v0.shape[0] != n:
             raise ValueError(f"`v0` must have {n} entries (the number of columns of A), got shape {tuple(v0.shape)}")
@@ -330,8 +346,8 @@ def lanczos_svd(
     if krylov_dim is None:
         kd = min(p, max(2 * k + 10, 20))
     else:
-        kd = _array.check_int(krylov_dim, "krylov_dim", minimum=k + 1) if k < p else p
-        kd = min(kd, p)
+        # Validated for k = min(m, n) too, where any krylov_dim >= k means the dense SVD.
+        kd = min(_array.check_int(krylov_dim, "krylov_dim", minimum=min(k + 1, p)), p)
     tol = _array.check_real(tol, "tol", low=0.0)
     max_restarts = _array.check_int(max_restarts, "max_restarts", minimum=0)
     rng = _array.as_generator(seed)

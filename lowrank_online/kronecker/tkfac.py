@@ -88,8 +88,8 @@ def tkfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> TKFACFactors:
     Raises
     ------
     ValueError, TypeError
-        On bad shapes, non-finite values, or ``F = 0`` (every sample has ``a_t = 0`` or
-        ``g_t = 0``), where the factors are undefined.
+        On bad shapes, non-finite values, ``F = 0`` (every sample has ``a_t = 0`` or
+        ``g_t = 0``), where the factors are undefined, or a ``delta`` beyond the dtype's range.
 
     Notes
     -----
@@ -109,6 +109,12 @@ def tkfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> TKFACFactors:
     :func:`kpsvd`). Cost ``2 N (d_a^2 + d_g^2)`` flops, memory ``O(N (d_a + d_g))`` besides
     the factors.
 
+    Scale: ``a`` and ``g`` are first divided by powers of two (exact) that bring their
+    largest entries into [1/2, 1), so the fourth powers ``|a_t|^2 |g_t|^2`` cannot over- or
+    underflow; ``Phi`` and ``Psi`` are scale-free and keep full relative accuracy for any
+    representable statistics, and ``delta`` is scaled back (a ``ValueError`` if it overflows
+    the dtype; below the dtype's range it is rounded to a subnormal or zero, its nearest value). Cost: two reductions and a copy of each of ``a`` and ``g``.
+
     References
     ----------
     .. [1] K. Gao, X. Liu, Z. Huang, M. Wang, Z. Wang, D. Xu, F. Yu, "A trace-restricted
@@ -126,6 +132,10 @@ def tkfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> TKFACFactors:
     """
     xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
     n = a.shape[0]
+    # Phi and Psi do not depend on the scales of a and g, and delta scales as their squares:
+    # a and g are normalised by powers of two (exact) so that |a|^2 |g|^2, a fourth power,
+    # neither overflows nor underflows, and delta is scaled back at the end.
+    (a, ea), (g, eg) = _checks.normalized(a, "a", xp), _checks.normalized(g, "g", xp)
     na = xp.sum(a * a, axis=1)
     ng = xp.sum(g * g, axis=1)
     w = na * ng
@@ -134,4 +144,14 @@ def tkfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> TKFACFactors:
         raise ValueError("the Fisher block is zero (every sample has a = 0 or g = 0); TKFAC is undefined")
     Phi = _checks.symmetrize(a.T @ (ng[:, None] * a)) / total
     Psi = _checks.symmetrize(g.T @ (na[:, None] * g)) / total
-    return TKFACFactors(total / n, Phi, Psi)
+    try:
+        delta = math.ldexp(float(total) / n, 2 * (ea + eg))
+    except OverflowError:
+        delta = math.inf
+    if delta > float(xp.finfo(a.dtype).max):
+        raise ValueError(
+            f"delta = E[|a|^2 |g|^2] = tr F overflows {_array.dtype_name(a.dtype)} (about 2^{2 * (ea + eg)} "
+            "times the normalised statistics'); rescale `a` or `g`"
+        )
+    return TKFACFactors(xp.asarray(delta, dtype=a.dtype, device=_array.device(a)), Phi, Psi)
+
