@@ -468,3 +468,19 @@ def test_save_load_save_load_is_bit_exact(tmp_path, method):
     three.load_state_dict(load_state(tmp_path / "two.npz"))
     grad = np.random.default_rng(14).standard_normal((5, 7))
     np.testing.assert_array_equal(three.precondition("fc", grad), pre.precondition("fc", grad))
+
+
+def test_clipping_refuses_bad_learning_rates_and_unpaired_lists():
+    from lowrank_online.curvature import kl_clip_scale
+
+    pre = KFACPreconditioner("kfac", kl_clip=1e-2)
+    steps, grads = [np.ones((2, 2))], [np.ones((2, 2))]
+    for lr in (0.0, float("nan"), -1.0):
+        with pytest.raises(ValueError, match="`lr`"):
+            pre.clip(steps, grads, lr)
+        with pytest.raises(ValueError, match="`lr`"):
+            kl_clip_scale(steps, grads, lr, 1e-2, np)
+    with pytest.raises(ValueError, match="`steps` has 1 entries but `grads` has 2"):
+        pre.clip(steps, grads * 2, 0.1)
+    with pytest.raises(ValueError, match="`kappa`"):
+        kl_clip_scale(steps, grads, 0.1, 0.0, np)

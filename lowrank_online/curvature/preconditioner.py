@@ -55,8 +55,14 @@ def kl_clip_scale(steps: list[Any], grads: list[Any], lr: float, kappa: float, x
 
     Martens & Grosse (2015) / Ba et al. (2017), the version of paper 002, App. E: the
     preconditioned step is rescaled so that the quadratic model's predicted KL change stays
-    below ``kappa``.
+    below ``kappa``. ``lr`` and ``kappa`` must be positive and finite; ``steps`` and ``grads``
+    pair up layer by layer. A non-finite or non-positive ``sum <step, grad>`` (no descent
+    direction to bound) leaves the steps unscaled.
     """
+    lr = _array.check_real(lr, "lr", low=0.0, low_open=True)
+    kappa = _array.check_real(kappa, "kappa", low=0.0, low_open=True)
+    if len(steps) != len(grads):
+        raise ValueError(f"`steps` has {len(steps)} entries but `grads` has {len(grads)}; pass one per layer")
     total = sum(float(xp.sum(s * g)) for s, g in zip(steps, grads, strict=True))
     if not total > 0.0 or not math.isfinite(total):
         return 1.0
@@ -477,13 +483,16 @@ class KFACPreconditioner:
         if G.shape[0] != A.shape[0]:
             raise ValueError(f"`G` has {G.shape[0]} rows but `A` has {A.shape[0]}")
         if (G.shape[1], A.shape[1]) != (known.d_g, known.d_a):
-            raise ValueError(f"layer {layer!r} expects G with {known.d_g} columns and A with {known.d_a}, got "
+            raise ValueError(f"layer {layer!r} expects `G` with {known.d_g} columns and `A` with {known.d_a}, got "
                              f"{G.shape[1]} and {A.shape[1]}")
         known, value = self._prepared(layer)
         return known.family.precondition_factored(known.state, G, A, value, self.steps)
 
     def clip_scale(self, steps: list[Any], grads: list[Any], lr: float) -> float:
         """The KL-clipping factor of all layers' steps (1 when ``kl_clip`` is None)."""
+        lr = _array.check_real(lr, "lr", low=0.0, low_open=True)
+        if len(steps) != len(grads):
+            raise ValueError(f"`steps` has {len(steps)} entries but `grads` has {len(grads)}; pass one per layer")
         if self.config.kl_clip is None or not steps:
             return 1.0
         xp = array_api_compat.array_namespace(steps[0])
