@@ -29,6 +29,8 @@ from . import _fisher, _layers
 __all__ = ["KFAC"]
 
 FORMAT = "lowrank_online.torch.KFAC/1"
+# Methods that read the batch gradient from the statistics (the running average of EKFAC-ra).
+_GRADIENT_METHODS = ("ekfac-ra",)
 
 # Module -> weak reference to the KFAC that hooks it: a second live KFAC on the same module would
 # feed every statistic twice.
@@ -225,6 +227,10 @@ class KFAC:
         if fisher not in _fisher.FISHERS:
             raise ValueError(f"`fisher` must be one of {_fisher.FISHERS}, got {fisher!r}")
         self.method, self.fisher = method, fisher
+        uses_gradient = [m for m in [method, *dict(options.get("layer_methods") or {}).values()] if m in _GRADIENT_METHODS]
+        if uses_gradient and fisher != "empirical":
+            warnings.warn(f"method {uses_gradient[0]!r} averages the batch gradient of its statistics, which is the data "
+                          f"gradient only with fisher='empirical' (got fisher={fisher!r})", UserWarning, stacklevel=2)
         self.loss = _fisher.loss_spec(loss, fisher)
         self.mc_samples = _array.check_int(mc_samples, "mc_samples")
         if fisher != "mc" and self.mc_samples != 1:
@@ -624,11 +630,19 @@ class KFAC:
         K = len(chunks[0].g)
         w = c_total / K if self.fisher == "mc" else c_total
         rows = sum(K * c.a.shape[0] for c in chunks)
-        # Gamma = g^T g / rows must be w * sum of the per-term gradients' outer products.
-        s = math.sqrt(rows * w)
+        if self._pre.method_of(name) in _GRADIENT_METHODS:
+            # Their statistics also give the batch gradient, g^T a / rows, which must then be the
+            # gradient of the loss (sum of w g a^T): the preconditioner's gradient convention
+            # instead of the factors' scale (the two agree when w rows = 1, a mean loss without
+            # weight sharing).
+            s = rows * w
+        else:
+            # Gamma = g^T g / rows must be w * sum of the per-term gradients' outer products.
+            s = math.sqrt(rows * w)
         dt = self.factor_dtype
-        a = torch.cat([c.a.to(dt) for c in chunks for _ in range(K)])
-        g = torch.cat([gk.to(dt) * (s / c.scale) for c in chunks for gk in c.g])
+        # Pass-major order: k micro-batches give the rows of their concatenated batch, in order.
+        a = torch.cat([c.a.to(dt) for _ in range(K) for c in chunks])
+        g = torch.cat([c.g[k].to(dt) * (s / c.scale) for k in range(K) for c in chunks])
         return a, g
 
     def _feed(self) -> None:
@@ -770,7 +784,8 @@ class KFAC:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"KFAC(method={self.method!r}, fisher={self.fisher!r}, layers={len(self._adapters)}, steps={self._pre.steps})"
+        steps = self._pre.steps if "_pre" in self.__dict__ else 0
+        return f"KFAC(method={self.method!r}, fisher={self.fisher!r}, layers={len(self._adapters)}, steps={steps})"
 
 
 # Module-level hook functions hold the KFAC weakly, so that a KFAC that is dropped without
