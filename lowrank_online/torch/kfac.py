@@ -611,7 +611,7 @@ class KFAC:
     def _discard_window(self, why: str) -> None:
         if self._window:
             warnings.warn(f"KFAC discarded the statistics of {len(self._window)} forward pass(es): {why}",
-                          RuntimeWarning, stacklevel=4)
+                          RuntimeWarning, stacklevel=_caller_level())
         self._window = []
 
     def _rows(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -641,8 +641,8 @@ class KFAC:
             s = math.sqrt(rows * w)
         dt = self.factor_dtype
         # Pass-major order: k micro-batches give the rows of their concatenated batch, in order.
-        a = torch.cat([c.a.to(dt) for _ in range(K) for c in chunks])
-        g = torch.cat([c.g[k].to(dt) * (s / c.scale) for k in range(K) for c in chunks])
+        a = _cat([c.a.to(dt) for _ in range(K) for c in chunks])
+        g = _cat([_scaled(c.g[k].to(dt), s / c.scale) for k in range(K) for c in chunks])
         return a, g
 
     def _feed(self) -> None:
@@ -656,7 +656,7 @@ class KFAC:
                 if rows is None:
                     continue
                 a, g = rows
-                if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(g).all())):
+                if not (_finite_gram(a) and _finite_gram(g)):
                     skipped.append(name)
                     continue
                 self._pre.update(name, a, g)
@@ -685,7 +685,7 @@ class KFAC:
                                   RuntimeWarning, stacklevel=3)
                 continue
             G = G.detach().to(self.factor_dtype)
-            if not bool(torch.isfinite(G).all()):
+            if not _finite_gram(G):
                 nonfinite.append(name)
                 continue
             names.append(name)
@@ -812,6 +812,35 @@ def _grad_hook(ref: weakref.ref, name: str, chunk: _Chunk, grad: torch.Tensor) -
     kfac = ref()
     if kfac is not None:
         kfac._on_grad(name, chunk, grad)
+
+
+def _caller_level() -> int:
+    """``stacklevel`` of the first frame outside this package and torch.nn (a warning raised in a
+    hook then points at the user's ``model(x)``)."""
+    import sys
+
+    here = __file__.rsplit("/", 1)[0]
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not (name.startswith(here) or "/torch/nn/" in name):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
+    return x if factor == 1.0 else x * factor
+
+
+def _finite_gram(x: torch.Tensor) -> bool:
+    """Whether ``x^T x`` is finite: one reduction (no temporary), true exactly when every entry
+    is finite and the sum of squares does not overflow, the condition for the factor."""
+    return bool(torch.isfinite(torch.linalg.vector_norm(x)))
 
 
 @contextlib.contextmanager
