@@ -88,6 +88,26 @@ def best(fn, repeat: int, device: torch.device, *, warmup: bool = True) -> float
     return out
 
 
+def paired(fa, fb, repeat: int, device: torch.device) -> tuple[float, float]:
+    """Best times of two functions timed in alternation (a busy machine slows both alike, so
+    their difference survives the noise better than two separate best-of-N)."""
+    fa()
+    fb()
+    _sync(device)
+    ta = tb = math.inf
+    for _ in range(repeat):
+        for fn, which in ((fa, 0), (fb, 1)):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            dt = time.perf_counter() - t0
+            if which == 0:
+                ta = min(ta, dt)
+            else:
+                tb = min(tb, dt)
+    return ta, tb
+
+
 def _fb(model, x, y):
     model.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
@@ -104,26 +124,31 @@ def measure(name: str, build, x, y, methods: list[str], repeat: int, device: tor
         opt.step()
 
     sgd = best(sgd_step, repeat, device)
-    fb = best(lambda: _fb(model, x, y), repeat, device)
     rows = [Row(name, "sgd", sgd, dict.fromkeys(PHASES, 0.0), 1.0)]
-    module = _module_overhead(model, x, y, repeat, device, rank, fb)
+    module = _module_overhead(build, model, x, y, repeat, device, rank)
     for method in methods:
-        rows.append(_measure_method(name, build, model, x, y, method, repeat, device, rank, sgd, fb, module,
+        rows.append(_measure_method(name, build, model, x, y, method, repeat, device, rank, sgd, module,
                                     check_amortised))
         print(_line(rows[-1]), flush=True)
     return rows
 
 
-def _measure_method(name, build, model, x, y, method, repeat, device, rank, sgd, fb, module, check_amortised) -> Row:
+def _measure_method(name, build, model, x, y, method, repeat, device, rank, sgd, module, check_amortised) -> Row:
     opts = {"rank": rank}
     # Statistics: a KFAC whose every step is a statistics step; each timed pass discards the
     # previous one's statistics (never stepped), so only the capture is timed. The statistics
     # do not depend on the method; rkfac's first update is cheap, and it does no more inverse work.
     kfac = KFAC(model, "rkfac", T_updt=1, T_inv=10**6, keep_statistics=True, **opts)
+    def plain():
+        with kfac.paused():
+            _fb(model, x, y)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        stats = max(best(lambda: _fb(model, x, y), repeat, device) - fb, 0.0)
-    kfac.step()  # consumes the last timed pass
+        capture, base = paired(lambda: _fb(model, x, y), plain, repeat, device)
+        _fb(model, x, y)
+    stats = max(capture - base, 0.0)
+    kfac.step()  # consumes the last captured pass
     # Fresh statistics for every timed update: feeding one batch twice would send the B-update
     # down its rank-revealing path (the new columns lie in the held span), which real runs never take.
     batches = []
@@ -173,7 +198,7 @@ def _measure_method(name, build, model, x, y, method, repeat, device, rank, sgd,
     return row
 
 
-def _module_overhead(model, x, y, repeat, device, rank, fb) -> float:
+def _module_overhead(build, model, x, y, repeat, device, rank) -> float:
     """KFAC's own work per non-statistics step: the hooks, and kfac.step() around the
     preconditioner's application (reshapes, casts, checks, writing .grad). It does not depend on
     the method; rkfac keeps the set-up cheap."""
@@ -187,11 +212,28 @@ def _module_overhead(model, x, y, repeat, device, rank, fb) -> float:
         mod = model.get_submodule(n)
         w = mod.weight.grad.reshape(mod.weight.shape[0], -1)
         grads[n] = torch.cat([w, mod.bias.grad[:, None]], 1) if mod.bias is not None else w
-    hooks = max(best(lambda: _fb(model, x, y), repeat, device) - fb, 0.0)
-    apply = best(lambda: [pre.precondition(n, G) for n, G in grads.items()], repeat, device)
-    step = best(kfac.step, repeat, device)
+    twin = build().to(device)  # the same model without hooks
+    twin.load_state_dict(model.state_dict())
+    hooked, bare = paired(lambda: _fb(model, x, y), lambda: _fb(twin, x, y), repeat, device)
+    _fb(model, x, y)
+    saved = [p.grad.clone() for p in model.parameters()]
+
+    def restore():
+        # kfac.step() preconditions .grad in place: repeated on the same .grad it would blow up
+        for p, g in zip(model.parameters(), saved):
+            p.grad.copy_(g)
+
+    def via_module():
+        restore()
+        kfac.step()
+
+    def direct():
+        restore()
+        return [pre.precondition(n, G) for n, G in grads.items()]
+
+    step, apply = paired(via_module, direct, repeat, device)
     kfac.remove()
-    return hooks + max(step - apply, 0.0)
+    return max(hooked - bare, 0.0) + max(step - apply, 0.0)
 
 
 def _run(build, x, y, method, steps, device, rank, layer_methods) -> float:

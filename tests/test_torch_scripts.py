@@ -48,3 +48,9 @@ def test_gpu_check_skips_cleanly_without_a_gpu():
         pytest.skip("a GPU is present: run benchmarks/gpu_check.sh itself")
     out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "skipped" in out.stdout
+
+
+def test_digits_comparison_quick():
+    chosen = load_script("evidence", "torch_digits").main(["--quick", "--models", "MLP", "--epochs", "1"])
+    assert {method for _, method in chosen} == {"sgd", "adam", "kfac", "bkfac", "ekfac"}
+    assert all(r.test[-1] > 0.5 for rs in chosen.values() for r in rs)
