@@ -4,7 +4,8 @@ An MLP (64-128-10) and a CNN (two 3x3 convolutions and a Linear head) on scikit-
 (1,397 training images, of which 200 are held out for validation, and 400 test images), batch 64,
 3 seeds. Every method gets its learning rate from a small grid (by mean validation accuracy at the
 last epoch, over the seeds). The KFAC methods use the module's default schedule (``T_updt = 10``,
-``T_inv = 100``), rank 32, KL-clipping 1e-3, and SGD with momentum 0.9 as the base. The table
+``T_inv = 100``), rank 32, KL-clipping 1e-3, and SGD with momentum 0.9 as the base; on the CNN's
+convolutions bkfac runs as ``auto`` (r-kfac there: their patch rows are far wider than the factors). The table
 gives test accuracy against epochs and wall time per epoch, and each claim is marked holds /
 does not hold.
 
@@ -81,8 +82,11 @@ def run(kind: str, method: str, lr: float, seed: int, epochs: int, batch: int = 
     elif method == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=lr)
     else:
+        # The convolutions' patch rows (N = 64 images x 64 positions >> d) would take the slow
+        # wide-batch B-update: there bkfac runs as auto (r-kfac), the paper's mixture (Sec. 3.5).
+        layer_methods = {"1": "auto", "3": "auto"} if kind == "CNN" and method == "bkfac" else None
         opt = KFACOptimizer(model, "sgd", lr=lr, base_options={"momentum": 0.9}, method=method, rank=32,
-                            kl_clip=1e-3, seed=seed)
+                            kl_clip=1e-3, seed=seed, layer_methods=layer_methods)
     gen = torch.Generator().manual_seed(seed)
     out = Run(kind, method, lr, seed)
     for _ in range(epochs):
@@ -135,6 +139,8 @@ def claims(chosen) -> list[tuple[str, bool]]:
                         f"({ep if ep else '>' + str(len(c))} vs {ep_sgd})", ep is not None and ep < ep_sgd))
             out.append((f"{model}: {m}'s final test accuracy is at least Adam's ({c[-1]:.3f} vs {adam[-1]:.3f})",
                         bool(c[-1] >= adam[-1] - 1e-9)))
+            out.append((f"{model}: {m} leads SGD and Adam after the first epoch ({c[0]:.3f} vs {sgd[0]:.3f}, "
+                        f"{adam[0]:.3f})", bool(c[0] > max(sgd[0], adam[0]))))
         ratio = seconds("bkfac") / seconds("sgd")
         out.append((f"{model}: a bkfac epoch costs at most 2x an SGD epoch ({ratio:.2f}x)", bool(ratio <= 2.0)))
     return out

@@ -16,8 +16,10 @@ For an MLP 784-W-W-10 (W = 1024, 4096) and a small CNN, batch 256, float32, ever
   with the default schedule (``T_updt = 10``, ``T_inv = 100``, ``T_brand = T_updt``), in units of
   the SGD step. ``--check-amortised N`` also times N real steps of the default schedule.
 
-Each figure is the best of ``--repeat`` calls after a warm-up call. On the shared 2-core test
-machine timings are noisy: compare ratios, not seconds, and rerun on a quiet machine.
+Each phase is timed in alternation with an SGD step of the same model (the best of ``--repeat``
+rounds after a warm-up round), and its ratio uses that neighbouring SGD time, so that a machine
+whose load changes during the run still gives consistent ratios. On the shared 2-core test
+machine timings are noisy all the same: compare ratios, not seconds, and rerun on a quiet machine.
 
 ``python evidence/torch_overhead.py`` regenerates ``docs/evidence/torch_overhead_table.rst``
 (about 10 minutes on 2 cores, most of it kfac's ``eigh`` at W = 4096); ``--quick`` runs small
@@ -75,37 +77,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best(fn, repeat: int, device: torch.device, *, warmup: bool = True) -> float:
+def alternating(fns, rounds: int, device: torch.device, *, warmup: bool = True) -> list[float]:
+    """Best time of each function over ``rounds`` rounds that call every function once, in turn.
+
+    A busy machine slows neighbouring calls alike, so ratios and differences of these bests
+    survive the noise better than separate best-of-N runs taken minutes apart.
+    """
     if warmup:
-        fn()
+        for fn in fns:
+            fn()
         _sync(device)
-    out = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        out = min(out, time.perf_counter() - t0)
-    return out
-
-
-def paired(fa, fb, repeat: int, device: torch.device) -> tuple[float, float]:
-    """Best times of two functions timed in alternation (a busy machine slows both alike, so
-    their difference survives the noise better than two separate best-of-N)."""
-    fa()
-    fb()
-    _sync(device)
-    ta = tb = math.inf
-    for _ in range(repeat):
-        for fn, which in ((fa, 0), (fb, 1)):
+    out = [math.inf] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
             t0 = time.perf_counter()
             fn()
             _sync(device)
-            dt = time.perf_counter() - t0
-            if which == 0:
-                ta = min(ta, dt)
-            else:
-                tb = min(tb, dt)
-    return ta, tb
+            out[i] = min(out[i], time.perf_counter() - t0)
+    return out
 
 
 def _fb(model, x, y):
@@ -115,107 +104,124 @@ def _fb(model, x, y):
 
 def measure(name: str, build, x, y, methods: list[str], repeat: int, device: torch.device, rank: int,
             check_amortised: int) -> list[Row]:
+    """Every phase is timed in alternation with an SGD step of the same model (``sgd``), and each
+    ratio uses that neighbouring SGD time."""
     torch.manual_seed(0)
     model = build().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 
-    def sgd_step():
+    def sgd():
         _fb(model, x, y)
         opt.step()
 
-    sgd = best(sgd_step, repeat, device)
-    rows = [Row(name, "sgd", sgd, dict.fromkeys(PHASES, 0.0), 1.0)]
-    module = _module_overhead(build, model, x, y, repeat, device, rank)
+    (t_sgd,) = alternating([sgd], repeat, device)
+    rows = [Row(name, "sgd", t_sgd, dict.fromkeys(PHASES, 0.0), 1.0)]
+    module = _module_overhead(build, model, x, y, repeat, device, rank, sgd)
     for method in methods:
-        rows.append(_measure_method(name, build, model, x, y, method, repeat, device, rank, sgd, module,
+        rows.append(_measure_method(name, build, model, x, y, method, repeat, device, rank, t_sgd, sgd, module,
                                     check_amortised))
         print(_line(rows[-1]), flush=True)
     return rows
 
 
-def _measure_method(name, build, model, x, y, method, repeat, device, rank, sgd, module, check_amortised) -> Row:
+def _grads(model, layers):
+    out = {}
+    for n in layers:
+        mod = model.get_submodule(n)
+        w = mod.weight.grad.reshape(mod.weight.shape[0], -1)
+        out[n] = torch.cat([w, mod.bias.grad[:, None]], 1) if mod.bias is not None else w
+    return out
+
+
+def _measure_method(name, build, model, x, y, method, repeat, device, rank, t_sgd, sgd, module,
+                    check_amortised) -> Row:
     opts = {"rank": rank}
     # Statistics: a KFAC whose every step is a statistics step; each timed pass discards the
     # previous one's statistics (never stepped), so only the capture is timed. The statistics
     # do not depend on the method; rkfac's first update is cheap, and it does no more inverse work.
     kfac = KFAC(model, "rkfac", T_updt=1, T_inv=10**6, keep_statistics=True, **opts)
+
     def plain():
         with kfac.paused():
             _fb(model, x, y)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        capture, base = paired(lambda: _fb(model, x, y), plain, repeat, device)
+        capture, base, unit = alternating([lambda: _fb(model, x, y), plain, sgd], repeat, device)
         _fb(model, x, y)
-    stats = max(capture - base, 0.0)
+    stats = max(capture - base, 0.0) / unit
     kfac.step()  # consumes the last captured pass
     # Fresh statistics for every timed update: feeding one batch twice would send the B-update
     # down its rank-revealing path (the new columns lie in the held span), which real runs never take.
     batches = []
-    for i in range(repeat + 2):
+    for i in range(2 * repeat + 4):
         xi = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(i))] + 0.1 * i
         _fb(model, xi, y)
         kfac.step()
         batches.append({n: kfac.statistics(n) for n in kfac.layers})
-    batch = batches[0]
-    grads = {}
-    for n in kfac.layers:
-        mod = model.get_submodule(n)
-        w = mod.weight.grad.reshape(mod.weight.shape[0], -1)
-        grads[n] = torch.cat([w, mod.bias.grad[:, None]], 1) if mod.bias is not None else w
+    grads = _grads(model, kfac.layers)
     kfac.remove()
 
-    # Factor update and decomposition: the same statistics fed to a preconditioner whose inverse
-    # work is due on even steps only; k = 1 times the factor update, k = 2 adds the inverse work.
     layer_methods = {}
     if method in ("bkfac", "brkfac", "bkfacc"):
         # B-updates of wide batches (N >> d: convolutions' patch rows) fall back to r-kfac, the
         # paper's mixture (Sec. 3.5), until the wide-batch B-update lands.
-        layer_methods = {n: "auto" for n, (a, g) in batch.items() if a.shape[0] > 4 * min(a.shape[1], g.shape[1])}
-    pre = KFACPreconditioner(method, T_inv=2, T_brand=2, T_rsvd=2, T_corct=2, layer_methods=layer_methods, **opts)
-    for n, (a, g) in batch.items():
-        pre.update(n, a, g)
-    pre.step()
-    fresh = iter(batches[1:] * 4)
+        layer_methods = {n: "auto" for n, (a, g) in batches[0].items() if a.shape[0] > 4 * min(a.shape[1], g.shape[1])}
 
-    def feed():
-        for n, (a, g) in next(fresh).items():
-            pre.update(n, a, g)
+    # Factor update and decomposition: fresh statistics fed to two preconditioners whose inverse
+    # work is due on even steps: one at k = 1 (the factor update alone), one at k = 2 (with the
+    # inverse work).
+    def at(k):
+        pre = KFACPreconditioner(method, T_inv=2, T_brand=2, T_rsvd=2, T_corct=2, layer_methods=layer_methods, **opts)
+        for step in range(k):
+            for n, (a, g) in batches[step].items():
+                pre.update(n, a, g)
+            pre.step()
+        return pre
 
-    factor = best(feed, repeat, device)
-    pre.step()
-    # No warm-up: kfac's eigh at W = 4096 takes minutes per call on 2 cores.
-    decomposition = max(best(feed, max(1, repeat // 2), device, warmup=False) - factor, 0.0)
-    apply = best(lambda: [pre.precondition(n, G) for n, G in grads.items()], repeat, device)
+    pre1, pre2 = at(1), at(2)
+    fresh1, fresh2 = iter(batches[2:] * 8), iter(batches[2:] * 8)
+
+    def feeder(pre, fresh):
+        def feed():
+            for n, (a, g) in next(fresh).items():
+                pre.update(n, a, g)
+        return feed
+
+    factor_t, unit = alternating([feeder(pre1, fresh1), sgd], repeat, device)
+    factor = factor_t / unit
+    # Fewer rounds, no warm-up: kfac's eigh at W = 4096 takes minutes per call on 2 cores.
+    full_t, unit = alternating([feeder(pre2, fresh2), sgd], max(1, repeat // 2), device, warmup=False)
+    decomposition = max(full_t / unit - factor, 0.0)
+    apply_t, unit = alternating([lambda: [pre2.precondition(n, G) for n, G in grads.items()], sgd], repeat, device)
+    apply = apply_t / unit
 
     phases = {"statistics": stats, "factor": factor, "decomposition": decomposition, "apply": apply, "module": module}
     t_updt, t_inv = DEFAULTS["T_updt"], DEFAULTS["T_inv"]
     t_dec = t_updt if method in ("bkfac",) else t_inv
-    amortised = (sgd + (stats + factor) / t_updt + decomposition / t_dec + apply + module) / sgd
-    row = Row(name, method + (" (auto where N >> d)" if layer_methods else ""), sgd, phases, amortised)
+    amortised = 1.0 + (stats + factor) / t_updt + decomposition / t_dec + apply + module
+    # phases are stored relative to the SGD step: Row.phases * Row.sgd gives seconds
+    row = Row(name, method + (" (auto where N >> d)" if layer_methods else ""), t_sgd,
+              {k: v * t_sgd for k, v in phases.items()}, amortised)
     if check_amortised:
-        row.measured = _run(build, x, y, method, check_amortised, device, rank, layer_methods) / sgd
+        per_step = _run(build, x, y, method, check_amortised, device, rank, layer_methods)
+        (unit,) = alternating([sgd], repeat, device)
+        row.measured = per_step / unit
     return row
 
 
-def _module_overhead(build, model, x, y, repeat, device, rank) -> float:
-    """KFAC's own work per non-statistics step: the hooks, and kfac.step() around the
-    preconditioner's application (reshapes, casts, checks, writing .grad). It does not depend on
-    the method; rkfac keeps the set-up cheap."""
+def _module_overhead(build, model, x, y, repeat, device, rank, sgd) -> float:
+    """KFAC's own work per non-statistics step, in SGD steps: the hooks, and kfac.step() around
+    the preconditioner's application (reshapes, casts, checks, writing .grad). It does not depend
+    on the method; rkfac keeps the set-up cheap."""
     kfac = KFAC(model, "rkfac", T_updt=10**9, T_inv=10**9, rank=rank)
     _fb(model, x, y)
     kfac.step()  # step 0: the only statistics step
     pre = kfac.preconditioner
     _fb(model, x, y)
-    grads = {}
-    for n in kfac.layers:
-        mod = model.get_submodule(n)
-        w = mod.weight.grad.reshape(mod.weight.shape[0], -1)
-        grads[n] = torch.cat([w, mod.bias.grad[:, None]], 1) if mod.bias is not None else w
+    grads = _grads(model, kfac.layers)
     twin = build().to(device)  # the same model without hooks
     twin.load_state_dict(model.state_dict())
-    hooked, bare = paired(lambda: _fb(model, x, y), lambda: _fb(twin, x, y), repeat, device)
-    _fb(model, x, y)
     saved = [p.grad.clone() for p in model.parameters()]
 
     def restore():
@@ -231,9 +237,11 @@ def _module_overhead(build, model, x, y, repeat, device, rank) -> float:
         restore()
         return [pre.precondition(n, G) for n, G in grads.items()]
 
-    step, apply = paired(via_module, direct, repeat, device)
+    hooked, bare, step, apply, unit = alternating(
+        [lambda: _fb(model, x, y), lambda: _fb(twin, x, y), via_module, direct, sgd], repeat, device)
+    restore()
     kfac.remove()
-    return max(hooked - bare, 0.0) + max(step - apply, 0.0)
+    return (max(hooked - bare, 0.0) + max(step - apply, 0.0)) / unit
 
 
 def _run(build, x, y, method, steps, device, rank, layer_methods) -> float:
