@@ -258,7 +258,8 @@ class KFAC:
         self.factor_dtype = self._check_factor_dtype(factor_dtype)
         self.inv_dtype = self._check_inv_dtype(inv_dtype)
         self._options = {"kl_clip": kl_clip, "seed": self.seed, **self._schedule, **options}
-        self._pre = self._make_preconditioner()
+        self._pre = self._make_preconditioner()  # validates kl_clip and the other options
+        self.kl_clip = kl_clip
 
         self._seen = dict.fromkeys(self._adapters, 0)  # forward calls per layer, captured or not
         self._fed = dict.fromkeys(self._adapters, 0)  # statistics updates per layer
@@ -592,7 +593,7 @@ class KFAC:
                 raise ValueError(f"`lr` has no learning rate for the layers {missing}")
             return {n: _array.check_real(lr[n], f"lr[{n!r}]", low=0.0, low_open=True) for n in self._adapters}
         if lr is None:
-            if self._pre.kl_clip is not None:
+            if self.kl_clip is not None:
                 raise ValueError("`lr` is needed for KL-clipping: pass KFAC(..., lr=...) or step(lr=...)")
             return None
         value = _array.check_real(lr, "lr", low=0.0, low_open=True)
@@ -694,7 +695,7 @@ class KFAC:
         if nonfinite and self.grad_scaler is None:
             warnings.warn(f"the gradients of {nonfinite} are not finite; they are left unpreconditioned",
                           RuntimeWarning, stacklevel=3)
-        if self._pre.kl_clip is not None and steps:
+        if self.kl_clip is not None and steps:
             lr_list = [lrs[n] for n in names]
             ref = lr_list[0]
             if all(v == ref for v in lr_list):
@@ -703,7 +704,7 @@ class KFAC:
                 # Parameter groups with their own learning rates:
                 # sum_l lr_l^2 <s_l, g_l> = ref^2 sum_l <(lr_l / ref)^2 s_l, g_l>.
                 probe = [s * (v / ref) ** 2 for s, v in zip(steps, lr_list)]
-                factor = kl_clip_scale(probe, grads, ref, self._pre.kl_clip, torch_xp)
+                factor = kl_clip_scale(probe, grads, ref, self.kl_clip, torch_xp)
                 steps = [s * factor for s in steps]
         for name, step in zip(names, steps):
             adapter = self._adapters[name]
