@@ -365,6 +365,7 @@ class LowRankEMA:
     # ---------------------------------------------------------------- operations
     def update(self, A: Any) -> None:
         """B-update with a batch ``A`` of shape (d, n) (or (d,)): Alg. 4 of paper 001."""
+        _array.check_detached(A, "A")
         xp, A = self._check_operand_array(A, "A", finite=False)
         A = A[:, None] if A.ndim == 1 else A
         held = 0 if self.eigenvectors is None else min(self.rank, self.eigenvectors.shape[1])

@@ -71,7 +71,8 @@ def _method_comparisons(path: pathlib.Path) -> list[str]:
 
 def test_the_method_name_is_compared_in_the_registry_only():
     # the adapter and what sits above it (the Kronecker toolkit's kpsvd has a `method` of its own)
-    paths = [*(PACKAGE / "curvature").rglob("*.py"), *(PACKAGE / "nn").rglob("*.py"), *PACKAGE.glob("*.py")]
+    paths = [*(PACKAGE / "curvature").rglob("*.py"), *(PACKAGE / "nn").rglob("*.py"), *(PACKAGE / "torch").rglob("*.py"),
+             *PACKAGE.glob("*.py")]
     offenders = []
     for path in paths:
         if path.name != "registry.py":
@@ -484,3 +485,21 @@ def test_clipping_refuses_bad_learning_rates_and_unpaired_lists():
         pre.clip(steps, grads * 2, 0.1)
     with pytest.raises(ValueError, match="`kappa`"):
         kl_clip_scale(steps, grads, 0.1, 0.0, np)
+
+
+def test_tensors_that_require_grad_are_refused_and_nothing_is_held():
+    torch = pytest.importorskip("torch")
+    from lowrank_online import LowRankEMA
+
+    a = torch.randn(8, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(8, 3, dtype=torch.float64)
+    pre = KFACPreconditioner("bkfac")
+    with pytest.raises(TypeError, match="`a` requires grad: pass `a.detach\\(\\)`"):
+        pre.update("fc", a, g)
+    assert pre.layers == []
+    pre.update("fc", a.detach(), g)
+    assert not pre.layer_state("fc").state.A.eigenvectors.requires_grad
+    ema = LowRankEMA(2)
+    with pytest.raises(TypeError, match="`A` requires grad"):
+        ema.update(a.T)
+    assert ema.eigenvectors is None

@@ -364,7 +364,7 @@ def test_options_are_validated_naming_the_argument():
         (dict(weight_sharing="both"), ValueError, "`weight_sharing`"),
         (dict(factor_dtype=torch.float16), TypeError, "`factor_dtype`"),
         (dict(inv_dtype=torch.bfloat16), ValueError, "`inv_dtype`"),
-        (dict(factor_dtype=torch.float32, inv_dtype=torch.float64), NotImplementedError, "`inv_dtype`"),
+        (dict(inv_dtype=torch.int32), TypeError, "`inv_dtype`"),
         (dict(skip_layers=[3]), TypeError, "`skip_layers`"),
         (dict(skip_layers=["("]), ValueError, "`skip_layers`"),
         (dict(output_fn=3), TypeError, "`output_fn`"),

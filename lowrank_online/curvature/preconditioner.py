@@ -300,6 +300,8 @@ class KFACPreconditioner:
         if not isinstance(layer, str):
             raise TypeError(f"`layer` must be a string, got {type(layer).__name__}")
         xp = _array.namespace(("a", a), ("g", g))
+        _array.check_detached(a, "a")
+        _array.check_detached(g, "g")
         _array.same_device(("a", a), ("g", g))
         _array.check_array(a, "a", xp, ndim=2)
         _array.check_array(g, "g", xp, ndim=2)

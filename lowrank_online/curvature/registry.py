@@ -53,6 +53,12 @@ class MethodSpec(NamedTuple):
     factored: bool = True
     paper: str = ""
 
+    @property
+    def reads_batch_gradient(self) -> bool:
+        """Whether the method's statistic is the batch gradient ``g^T a / N`` of the rows it is fed
+        (EKFAC-ra), so that their scale must be the gradient's, not the factors'."""
+        return self.family == "ekfac" and not self.per_sample
+
 
 _REGISTRY: dict[str, MethodSpec] = {
     "kfac": MethodSpec("kfac", ("eigh", "eigh"), paper="001 Sec. 2.1 (Martens & Grosse 2015)"),

@@ -23,18 +23,21 @@ import torch
 from torch import nn
 
 from .. import _array
-from ..curvature import METHODS, KFACPreconditioner, kl_clip_scale
+from ..curvature import METHODS, KFACPreconditioner, kl_clip_scale, registry
 from . import _fisher, _layers
 
 __all__ = ["KFAC"]
 
 FORMAT = "lowrank_online.torch.KFAC/1"
-# Methods that read the batch gradient from the statistics (the running average of EKFAC-ra).
-_GRADIENT_METHODS = ("ekfac-ra",)
 
 # Module -> weak reference to the KFAC that hooks it: a second live KFAC on the same module would
 # feed every statistic twice.
 _OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _reads_batch_gradient(method: str) -> bool:
+    """Methods whose statistic is the batch gradient of the rows fed (EKFAC-ra's running average)."""
+    return registry.lookup(method).reads_batch_gradient
 
 
 class _Chunk:
@@ -114,8 +117,10 @@ class KFAC:
         dtype of the statistics given to the preconditioner, so of its factors: float32
         (default, also for bf16/fp16 models) or float64 (default for float64 models).
     inv_dtype : torch.dtype, optional
-        dtype of the decompositions. The preconditioner decomposes in ``factor_dtype`` (its small
-        cores in float64); only ``None`` or ``factor_dtype`` are accepted, half precisions never.
+        dtype of the dense eigendecompositions (``inv_dtype`` of the preconditioner: kfac,
+        rkfac, ekfac, the refresh of the B-methods); default ``factor_dtype``. The small cores of
+        the B-updates are float64 anyway. Half precisions are refused (cusolver's ``eigh``
+        fails on them, and they lose the small eigenvalues).
     grad_scaler : torch.amp.GradScaler, optional
         The scaler of a mixed-precision loop: its scale is removed from the statistics and the
         Monte-Carlo pass is scaled like the loss. Call ``scaler.unscale_(opt)`` before
@@ -227,7 +232,8 @@ class KFAC:
         if fisher not in _fisher.FISHERS:
             raise ValueError(f"`fisher` must be one of {_fisher.FISHERS}, got {fisher!r}")
         self.method, self.fisher = method, fisher
-        uses_gradient = [m for m in [method, *dict(options.get("layer_methods") or {}).values()] if m in _GRADIENT_METHODS]
+        uses_gradient = [m for m in [method, *dict(options.get("layer_methods") or {}).values()]
+                         if _reads_batch_gradient(m)]
         if uses_gradient and fisher != "empirical":
             warnings.warn(f"method {uses_gradient[0]!r} averages the batch gradient of its statistics, which is the data "
                           f"gradient only with fisher='empirical' (got fisher={fisher!r})", UserWarning, stacklevel=2)
@@ -258,6 +264,8 @@ class KFAC:
         self.factor_dtype = self._check_factor_dtype(factor_dtype)
         self.inv_dtype = self._check_inv_dtype(inv_dtype)
         self._options = {"kl_clip": kl_clip, "seed": self.seed, **self._schedule, **options}
+        if self.inv_dtype != self.factor_dtype:  # the preconditioner's dense decompositions
+            self._options["inv_dtype"] = str(self.inv_dtype).rsplit(".", 1)[-1]
         self._pre = self._make_preconditioner()  # validates kl_clip and the other options
         self.kl_clip = kl_clip
 
@@ -334,11 +342,9 @@ class KFAC:
         if inv_dtype in (torch.float16, torch.bfloat16):
             raise ValueError(f"`inv_dtype` must not be a half precision, got {inv_dtype}: eigendecompositions "
                              "in half precision fail (cusolver) or lose the small eigenvalues")
-        raise NotImplementedError(
-            f"`inv_dtype`={inv_dtype} differs from `factor_dtype`={self.factor_dtype}: the preconditioner "
-            "decomposes in the dtype of its factors (its small cores in float64); pass "
-            f"factor_dtype={inv_dtype} instead"
-        )
+        if inv_dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"`inv_dtype` must be torch.float32 or torch.float64, got {inv_dtype}")
+        return inv_dtype
 
     # ------------------------------------------------------------------ registration
     def _register(self, model: nn.Module, patterns: list[tuple[str, Any]], sharing: Callable[[str], str]) -> None:
@@ -631,7 +637,7 @@ class KFAC:
         K = len(chunks[0].g)
         w = c_total / K if self.fisher == "mc" else c_total
         rows = sum(K * c.a.shape[0] for c in chunks)
-        if self._pre.method_of(name) in _GRADIENT_METHODS:
+        if _reads_batch_gradient(self._pre.method_of(name)):
             # Their statistics also give the batch gradient, g^T a / rows, which must then be the
             # gradient of the loss (sum of w g a^T): the preconditioner's gradient convention
             # instead of the factors' scale (the two agree when w rows = 1, a mean loss without

@@ -21,6 +21,8 @@ _BASES: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
+_KEY = "curvature"  # the entry of the KFAC state in the optimizer's state_dict
+
 class KFACOptimizer(torch.optim.Optimizer):
     r"""K-FAC preconditioning and a base optimizer in one ``torch.optim.Optimizer``.
 
@@ -165,9 +167,9 @@ class KFACOptimizer(torch.optim.Optimizer):
         self._link()
 
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's ``state_dict`` plus the KFAC state under ``"kfac"``."""
+        """The base optimizer's ``state_dict`` plus the KFAC state under ``"curvature"``."""
         state = self.base.state_dict()
-        state["kfac"] = self.kfac.state_dict()
+        state[_KEY] = self.kfac.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -175,10 +177,10 @@ class KFACOptimizer(torch.optim.Optimizer):
 
         A checkpoint of another model or optimizer raises ``ValueError`` and changes nothing.
         """
-        if not isinstance(state_dict, dict) or "kfac" not in state_dict:
-            raise ValueError("not a KFACOptimizer checkpoint (no 'kfac' entry)")
+        if not isinstance(state_dict, dict) or _KEY not in state_dict:
+            raise ValueError(f"not a KFACOptimizer checkpoint (no {_KEY!r} entry)")
         state = dict(state_dict)
-        pre = self.kfac._prepared_load(state.pop("kfac"))  # validated before anything changes
+        pre = self.kfac._prepared_load(state.pop(_KEY))  # validated before anything changes
         self.base.load_state_dict(state)
         self._link()
         self.kfac._pre = pre
