@@ -1,137 +1,105 @@
-"""Embed the K-FAC-family preconditioner in a plain PyTorch training loop.
+"""K-FAC-family preconditioning of a PyTorch model in two lines, with :mod:`lowrank_online.torch`.
 
-The statistics come from forward hooks on every ``nn.Linear``: the layer input ``a`` (with a
-ones column for the bias), and a tensor hook on the layer output that receives ``g``, the
-pre-activation gradient, during the backward pass.
-They stay ``torch.Tensor`` throughout: the preconditioner computes in the tensors' own
-namespace, device and dtype (array-api-compat's torch namespace), so nothing is converted to
-NumPy. The true Fisher is estimated by back-propagating targets sampled from the model
-(Monte Carlo), and the data gradient is preconditioned in ``[W b]`` form.
+The whole integration is ``kfac = KFAC(model, method)`` and ``kfac.step()`` between
+``loss.backward()`` and ``opt.step()``: KFAC finds the model's Linear / Conv2d layers, captures
+their statistics with hooks (the Monte-Carlo Fisher's extra backward pass included) and
+preconditions their ``.grad`` in place, in the tensors' own namespace, device and dtype (nothing
+is converted to NumPy). ``--optimizer`` uses the one-object form, :class:`KFACOptimizer`.
 
-Run ``python examples/torch_embedding.py`` (digits from scikit-learn, a few seconds on CPU);
-``--method`` picks any method of :class:`lowrank_online.curvature.KFACPreconditioner`.
+Run ``python examples/torch_embedding.py`` (a 64-128-10 network on scikit-learn's digits, a few
+seconds on CPU); ``--method`` picks any of :data:`lowrank_online.curvature.METHODS`, ``--cnn``
+trains a small CNN. The settings (plain SGD at lr 0.1, KL-clipping 1e-2, rank 32, statistics
+every step, inverses every 5) are those of the stability study in the curvature docs
+(``evidence/stability.py``), which passes the damping options through ``train(**options)``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowrank_online.curvature import KFACPreconditioner
+from lowrank_online.torch import KFAC, KFACOptimizer
 
 
-class LinearStatistics:
-    """Capture ``(a, g)`` of every ``nn.Linear`` of a model with hooks."""
+def digits(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """scikit-learn's digits, standardised; 400 test images, the rest for training."""
+    from sklearn.datasets import load_digits
 
-    def __init__(self, model: nn.Module) -> None:
-        self.layers = {name: mod for name, mod in model.named_modules() if isinstance(mod, nn.Linear)}
-        self.a: dict[str, torch.Tensor] = {}
-        self.g: dict[str, torch.Tensor] = {}
-        for name, mod in self.layers.items():
-            mod.register_forward_hook(self._hook(name))
+    raw = load_digits()
+    X = torch.tensor(raw.data, dtype=torch.float64)
+    X = ((X - X.mean(dim=0)) / (X.std(dim=0) + 1e-8)).to(dtype)
+    y = torch.tensor(raw.target)
+    order = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(seed))
+    return (X[order[400:]], y[order[400:]]), (X[order[:400]], y[order[:400]])
 
-    def _hook(self, name: str):
-        def store_g(grad: torch.Tensor) -> None:
-            # the loss is a batch mean: scale back to per-sample gradients of per-sample losses
-            self.g[name] = grad.detach() * grad.shape[0]
 
-        def hook(mod: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            a = inputs[0].detach()
-            if mod.bias is not None:
-                a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)], dim=1)
-            self.a[name] = a
-            if output.requires_grad:
-                output.register_hook(store_g)
-
-        return hook
-
-    def weight_grad(self, name: str) -> torch.Tensor:
-        mod = self.layers[name]
-        if mod.bias is None:
-            return mod.weight.grad
-        return torch.cat([mod.weight.grad, mod.bias.grad[:, None]], dim=1)
-
-    def set_step(self, name: str, step: torch.Tensor) -> None:
-        mod = self.layers[name]
-        if mod.bias is None:
-            mod.weight.grad.copy_(step)
-        else:
-            mod.weight.grad.copy_(step[:, :-1])
-            mod.bias.grad.copy_(step[:, -1])
+def model_for(cnn: bool) -> nn.Module:
+    if cnn:
+        return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(16, 16, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 16, 10))
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
 def train(method: str = "bkfac", epochs: int = 3, batch_size: int = 64, lr: float = 0.1, seed: int = 0,
-          dtype: torch.dtype = torch.float32, **options) -> tuple[list[float], list[float], KFACPreconditioner]:
-    """Train a 64-128-10 ReLU network on scikit-learn's digits; returns (losses, accuracies, pre)."""
-    from sklearn.datasets import load_digits
+          dtype: torch.dtype = torch.float32, cnn: bool = False, optimizer: bool = False, **options):
+    """Train on digits; returns (per-epoch train losses, test accuracies, the preconditioner).
 
+    ``options`` go to :class:`~lowrank_online.torch.KFAC` (and through it to the preconditioner:
+    ``gradient_damping=0.1, damping_adaptation="lm"``, say).
+    """
+    (Xt, yt), (Xv, yv) = digits(seed, dtype)
     torch.manual_seed(seed)
-    raw = load_digits()
-    X = (raw.data - raw.data.mean(axis=0)) / (raw.data.std(axis=0) + 1e-8)
-    order = np.random.default_rng(seed).permutation(X.shape[0])
-    test, tr = order[:400], order[400:]
-    Xt, yt = torch.tensor(X[tr], dtype=dtype), torch.tensor(raw.target[tr])
-    Xv, yv = torch.tensor(X[test], dtype=dtype), torch.tensor(raw.target[test])
-
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).to(dtype)
-    stats = LinearStatistics(model)
-    pre = KFACPreconditioner(method, **{"rank": 32, "kl_clip": 1e-2, "T_inv": 5, "seed": seed, **options})
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    model = model_for(cnn).to(dtype)
+    settings = {"rank": 32, "kl_clip": 1e-2, "T_updt": 1, "T_inv": 5, "seed": seed, **options}
+    if optimizer:
+        opt = KFACOptimizer(model, "sgd", lr=lr, method=method, **settings)
+        kfac = opt.kfac
+    else:
+        kfac = KFAC(model, method, lr=lr, **settings)  # line 1
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     losses, accs = [], []
     for _ in range(epochs):
         perm = torch.randperm(Xt.shape[0], generator=gen)
-        epoch_loss = 0.0
+        total, count = 0.0, 0
         for i in range(0, Xt.shape[0] - batch_size + 1, batch_size):
             idx = perm[i : i + batch_size]
-            x, y = Xt[idx], yt[idx]
-            out = model(x)
-            if pre.wants_statistics():
-                with torch.no_grad():
-                    sampled = torch.multinomial(F.softmax(out, dim=1), 1, generator=gen).squeeze(1)
-                F.cross_entropy(out, sampled).backward(retain_graph=True)  # fills stats.g (MC Fisher)
-                for name in stats.layers:
-                    pre.update(name, stats.a[name], stats.g[name])
-                model.zero_grad()
-            loss = F.cross_entropy(out, y)
-            loss.backward()
-            names = list(stats.layers)
-            grads = [stats.weight_grad(name) for name in names]
-            raw = [pre.precondition(name, g) for name, g in zip(names, grads)]
-            scale = pre.clip_scale(raw, grads, lr)
-            for name, step in zip(names, raw):
-                stats.set_step(name, step * scale)
-            opt.step()
             opt.zero_grad()
-            if pre.config.damping_adaptation == "lm":
-                # Levenberg-Marquardt: the loss change this step achieved on its own batch,
-                # against the quadratic model's prediction.
+            out = model(Xt[idx])
+            loss = F.cross_entropy(out, yt[idx])
+            loss.backward()
+            if not optimizer:
+                kfac.step()  # line 2: precondition .grad in place
+            opt.step()
+            if kfac.preconditioner.config.damping_adaptation == "lm":
+                # Levenberg-Marquardt: the loss this step achieved on its own batch
                 with torch.no_grad():
-                    after = float(F.cross_entropy(model(x), y))
-                pre.adapt_damping(after - float(loss.detach()), pre.predicted_change(raw, grads, lr * scale))
-            pre.step()
-            epoch_loss += float(loss.detach()) * batch_size
-        losses.append(epoch_loss / (Xt.shape[0] // batch_size * batch_size))
+                    kfac.adapt_damping(float(loss.detach()), float(F.cross_entropy(model(Xt[idx]), yt[idx])))
+            total, count = total + float(loss.detach()) * len(idx), count + len(idx)
+        losses.append(total / count)
+        model.eval()
         with torch.no_grad():
             accs.append(float((model(Xv).argmax(dim=1) == yv).float().mean()))
-    return losses, accs, pre
+        model.train()
+    return losses, accs, kfac.preconditioner
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="bkfac")
+    parser.add_argument("--method", default="bkfac", help="curvature method (default bkfac)")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--cnn", action="store_true", help="a small CNN instead of the MLP")
+    parser.add_argument("--optimizer", action="store_true", help="use KFACOptimizer instead of KFAC + SGD")
     args = parser.parse_args()
-    losses, accs, pre = train(args.method, args.epochs)
+    losses, accs, pre = train(args.method, args.epochs, cnn=args.cnn, optimizer=args.optimizer)
     print(f"method {args.method}")
-    for e, (l, a) in enumerate(zip(losses, accs), 1):
-        print(f"epoch {e}: train loss {l:.4f}  test accuracy {a:.4f}")
+    for e, (loss, acc) in enumerate(zip(losses, accs, strict=True), 1):
+        print(f"epoch {e}: train loss {loss:.4f}  test accuracy {acc:.4f}")
     print(pre.summary())
-    held = {name: type(next(iter(pre.layer_state(name).eigenvalues.values()))).__name__ for name in pre.layers}
+    held = {name: type(next(iter(pre.layer_state(name).eigenvalues.values()), None)).__name__ for name in pre.layers}
     print(f"preconditioner state held as: {held}")
 
 

@@ -278,6 +278,7 @@ class KFAC:
         self._paused = 0
         self._warned: set[str] = set()
         self._last: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._predicted: float | None = None  # the last step's predicted loss change (LM)
         self._handles: list[Any] = []
         self._install_hooks()
 
@@ -590,6 +591,25 @@ class KFAC:
         self._precondition(lrs)
         self._pre.step()
 
+    def adapt_damping(self, loss_before: float, loss_after: float) -> float:
+        """Levenberg-Marquardt step of the damping (``damping_adaptation="lm"``), from the loss of
+        one batch before the last :meth:`step` and after the optimizer's step.
+
+        The prediction is the damped quadratic model of the step :meth:`step` wrote into ``.grad``
+        taken as ``W <- W - lr .grad`` (plain SGD with the ``lr`` KL-clipping uses); it needs that
+        ``lr``. Returns the new damping scale (see
+        :meth:`~lowrank_online.curvature.KFACPreconditioner.adapt_damping`)::
+
+            loss = loss_fn(model(x), y); loss.backward(); kfac.step(); opt.step()
+            with torch.no_grad():
+                kfac.adapt_damping(loss.item(), loss_fn(model(x), y).item())
+        """
+        if self._pre.config.damping_adaptation != "lm":
+            raise ValueError("adapt_damping needs KFAC(..., damping_adaptation='lm')")
+        if self._predicted is None:
+            raise ValueError("no prediction to compare with: call step() first, with an `lr` (KFAC(lr=...) or step(lr))")
+        return self._pre.adapt_damping(float(loss_after) - float(loss_before), self._predicted)
+
     def _check_lr(self, lr: Any) -> dict[str, float] | None:
         if lr is None:
             lr = self.lr
@@ -701,17 +721,21 @@ class KFAC:
         if nonfinite and self.grad_scaler is None:
             warnings.warn(f"the gradients of {nonfinite} are not finite; they are left unpreconditioned",
                           RuntimeWarning, stacklevel=3)
+        factor = 1.0
         if self.kl_clip is not None and steps:
             lr_list = [lrs[n] for n in names]
             ref = lr_list[0]
-            if all(v == ref for v in lr_list):
-                steps = self._pre.clip(steps, grads, ref)
-            else:
-                # Parameter groups with their own learning rates:
-                # sum_l lr_l^2 <s_l, g_l> = ref^2 sum_l <(lr_l / ref)^2 s_l, g_l>.
-                probe = [s * (v / ref) ** 2 for s, v in zip(steps, lr_list)]
-                factor = kl_clip_scale(probe, grads, ref, self.kl_clip, torch_xp)
-                steps = [s * factor for s in steps]
+            # Parameter groups with their own learning rates:
+            # sum_l lr_l^2 <s_l, g_l> = ref^2 sum_l <(lr_l / ref)^2 s_l, g_l>.
+            probe = steps if all(v == ref for v in lr_list) else [s * (v / ref) ** 2 for s, v in zip(steps, lr_list)]
+            factor = kl_clip_scale(probe, grads, ref, self.kl_clip, torch_xp)
+        self._predicted = None
+        if lrs is not None and steps and self._pre.config.damping_adaptation == "lm":
+            # the damped quadratic model's loss change for W <- W - lr_l factor step_l, per layer
+            self._predicted = sum(self._pre.predicted_change([s], [g], lrs[n] * factor)
+                                  for n, s, g in zip(names, steps, grads))
+        if factor != 1.0:
+            steps = [s * factor for s in steps]
         for name, step in zip(names, steps):
             adapter = self._adapters[name]
             adapter.set_grad(step.to(adapter.module.weight.grad.dtype))
