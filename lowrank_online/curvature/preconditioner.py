@@ -43,9 +43,8 @@ STATE_FORMAT = 2
 # by it when it did worse than 1/4. The scale stays within [1, LM_RANGE]: the configured damping
 # is a floor that LM adds to and gives back. Letting it fall below 1 (as M&G, who start from a
 # large damping) let long runs of good steps shrink it 100-fold and the next bad step spike:
-# measured on the digits example, 3 seeds x 10 epochs, with the gradient floor kfac's worst
-# rebound was 16x with the scale free and 3.5x with it held at 1 or above (docs: curvature,
-# "Stability").
+# measured on the digits example, 3 seeds x 10 epochs, rkfac's worst rebound with LM alone was
+# 281x with the scale free (docs: curvature, "Stability").
 LM_OMEGA = 19.0 / 20.0
 LM_RANGE = 1e4
 
@@ -142,8 +141,9 @@ class KFACPreconditioner:
         Gradient floor ``c`` (default 0: off): each layer's dampings are raised together until
         their product is at least ``c |grad|_F^2``, a lower bound on the curvature the batch's
         own gradients carry (see :mod:`lowrank_online.curvature.damping`). It keeps steps in
-        proportion when the model's Fisher shrinks faster than the gradient, the cause of the
-        late-training loss spikes under relative damping (measured in the curvature docs).
+        proportion when the model's Fisher shrinks faster than the gradient, one source of the
+        late-training loss spikes under relative damping (with ``damping_adaptation="lm"`` it
+        removes them for some methods, not all: see the curvature docs, "Stability").
     damping_adaptation : {None, "lm"}
         ``"lm"``: Levenberg-Marquardt adaptation of the damping (Martens & Grosse 2015,
         Sec. 6.5) from the reduction ratio reported through :meth:`adapt_damping`; ``damping``
