@@ -99,6 +99,11 @@ def is_numpy(xp: Any) -> bool:
     return array_api_compat.is_numpy_namespace(xp)
 
 
+def is_strict(xp: Any) -> bool:
+    """True for array-api-strict (NumPy underneath: NumPy's BLAS layouts apply)."""
+    return getattr(xp, "__name__", "") == "array_api_strict"
+
+
 def is_lazy(xp: Any) -> bool:
     """True for a namespace whose arrays are task graphs evaluated on demand (Dask)."""
     return array_api_compat.is_dask_namespace(xp)
