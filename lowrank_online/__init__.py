@@ -3,7 +3,8 @@
 Core (paper 001, Puiu "Brand New K-FACs"):
 
 * :func:`svd_update`, :func:`eigh_update` -- Brand's thin-SVD update and its symmetric variant;
-* :func:`rsvd`, :func:`reigh` -- randomized SVD and symmetric (Nystrom) randomized EVD;
+* :func:`rsvd`, :func:`reigh` -- randomized SVD and symmetric (Nystrom) randomized EVD, by block
+  Krylov (default) or subspace iteration, with an a-posteriori error estimate and ``tol``;
 * :func:`damped_solve` -- ``(Q L Q^T + lambda I)^{-1} X`` in time linear in the dimension;
 * :class:`LowRankEMA` -- exponential-average tracker with B-updates, RSVD refresh and light
   correction;
@@ -11,7 +12,7 @@ Core (paper 001, Puiu "Brand New K-FACs"):
 """
 
 from ._linalg import DecompositionError
-from ._results import EighResult, SVDResult
+from ._results import EighResult, ErrorEstimate, REighResult, RSVDResult, SVDResult
 from .brand import eigh_update, svd_update
 from .checkpoint import load_state, save_state
 from .ema import LowRankEMA
@@ -44,8 +45,11 @@ __version__ = "0.1.0"
 __all__ = [
     "DecompositionError",
     "EighResult",
+    "ErrorEstimate",
     "LinearOperator",
     "LowRankEMA",
+    "REighResult",
+    "RSVDResult",
     "SVDResult",
     "damped_solve",
     "eigh_update",
