@@ -6,6 +6,7 @@ Core (paper 001, Puiu "Brand New K-FACs"):
 * :func:`rsvd`, :func:`reigh` -- randomized SVD and symmetric (Nystrom) randomized EVD, by block
   Krylov (default) or subspace iteration, with an a-posteriori error estimate and ``tol``;
 * :func:`damped_solve` -- ``(Q L Q^T + lambda I)^{-1} X`` in time linear in the dimension;
+* :class:`NystromSketch` -- single-pass Nystrom sketch of a stream of Gram matrices;
 * :class:`LowRankEMA` -- exponential-average tracker with B-updates, RSVD refresh and light
   correction;
 * :func:`save_state` / :func:`load_state` -- npz checkpoints without pickle.
@@ -38,6 +39,7 @@ from .kronecker import (
 )
 from .operators import LinearOperator
 from .randomized import reigh, rsvd
+from .sketch import NystromSketch
 from .solve import damped_solve
 
 __version__ = "0.1.0"
@@ -48,6 +50,7 @@ __all__ = [
     "ErrorEstimate",
     "LinearOperator",
     "LowRankEMA",
+    "NystromSketch",
     "REighResult",
     "RSVDResult",
     "SVDResult",
