@@ -74,6 +74,7 @@ class Setup:
     lz_size: int = 4000  # the peers page's PROPACK benchmark
     max_products: int = 4000  # a ladder stops beyond this many products...
     floor: float = 1e-13  # ... or once the value error is below this
+    max_seconds: float = 30.0  # ... or once one call took this long
 
 
 FULL = Setup(quick=False, sizes=(2048, 4096, 8192))
@@ -214,7 +215,7 @@ def methods(s: Setup) -> dict:
     def scipy_svds(solver):
         def call(X, tol, seed):
             # LOBPCG's default of 20 iterations stops it long before small tolerances.
-            extra = {"maxiter": 500} if solver == "lobpcg" else {}
+            extra = {"maxiter": 200} if solver == "lobpcg" else {}
             U, S, Vt = svds(X, k, tol=tol, solver=solver, rng=seed, **extra)
             order = np.argsort(S)[::-1]
             return U[:, order], S[order], Vt[order]
@@ -290,7 +291,7 @@ def curve(name: str, entry, prob: dict, s: Setup, log) -> list[dict]:
             continue
         pt["setting"] = setting
         out.append(pt)
-        if pt["value_err"] < s.floor or pt["products"] > s.max_products:
+        if pt["value_err"] < s.floor or pt["products"] > s.max_products or pt["time"] > s.max_seconds:
             break
     return out
 

@@ -296,9 +296,19 @@ def check_finite(x: Any, name: str, xp: Any) -> None:
     """
     if is_lazy(xp):
         return
-    if array_api_compat.size(x):
-        if not bool(xp.all(xp.isfinite(x))):
-            raise ValueError(f"`{name}` contains NaN or infinity")
+    if not array_api_compat.size(x):
+        return
+    if is_numpy(xp):
+        finite = bool(xp.all(xp.isfinite(x)))
+    else:
+        # max and min propagate NaN (and carry +-inf): two reductions and no boolean temporary
+        # as large as x. PyTorch's isfinite is the slow step otherwise: 195 ms against 25 ms for
+        # a 4096 x 4096 float64 tensor with one thread, half of a whole reigh call. NumPy's
+        # isfinite is the faster of the two there (14 ms against 20 ms) and is kept.
+        high, low = to_floats(xp, xp.max(x), xp.min(x))
+        finite = math.isfinite(high) and math.isfinite(low)
+    if not finite:
+        raise ValueError(f"`{name}` contains NaN or infinity")
 
 
 def check_int(

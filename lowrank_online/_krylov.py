@@ -4,7 +4,7 @@
   full re-orthogonalisation, and the Rayleigh-Ritz extraction of Musco & Musco (2015): the
   SVD of ``U^T X`` restricted to the Krylov bases, which the recurrence hands over for free.
 * :func:`nystrom`: block Lanczos on a symmetric PSD matrix, and the Nystrom approximation of
-  its Krylov basis (Tropp & Webber 2023, Alg. "block Krylov Nystrom"), formed from the
+  its Krylov basis (Tropp & Webber 2023, block Krylov Nystrom), formed from the
   Lanczos coefficients alone, so it costs no product of its own.
 
 Both keep the *coefficients* of every projection, so that ``X V = U B`` (resp.

@@ -495,7 +495,7 @@ def reigh(
        positive-semidefinite matrix from streaming data", NeurIPS 2017, Alg. 3.
     .. [2] N. Halko, P.-G. Martinsson, J. A. Tropp, SIAM Review 53 (2011), Sec. 5.4.
     .. [3] J. A. Tropp, R. J. Webber, "Randomized algorithms for low-rank matrix
-       approximation: design, analysis, and applications", arXiv:2306.12418 (2023), Sec. 11.
+       approximation: design, analysis, and applications", arXiv:2306.12418 (2023).
     .. [4] C. Musco, C. Musco, NeurIPS 2015 (block Krylov).
     .. [5] C. O. Puiu, "Brand New K-FACs", arXiv:2210.08494, Sec. 2.2 (srevd).
 
