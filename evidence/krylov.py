@@ -29,7 +29,9 @@ interleaved rounds with 1 and with 2 threads, and the targets of issue 17 are ju
 PROPACK target reuses the peers page's Lanczos benchmark.
 
 ``python evidence/krylov.py`` regenerates ``docs/evidence/krylov_table.rst`` and
-``docs/evidence/krylov.png`` (an hour or more on 2 CPU cores; ``--sizes`` to choose);
+``docs/evidence/krylov.png`` (an hour or more on 2 CPU cores; ``--sizes`` and ``--kinds`` to
+choose, ``--name`` for other file names: the docs' d = 8192 table is
+``--sizes 8192 --kinds fast,slow --name krylov_8192``);
 ``--quick`` runs small sizes in about a minute and writes nothing unless ``--output-dir`` is
 given.
 """
@@ -529,6 +531,7 @@ def plot(res: dict, path) -> bool:
                 ax.plot(xs, ys, marker="o", ms=3, color=colors[name], label=name, **STYLE[lib])
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())  # labelled minor ticks overlap
             ax.set_xlabel("matrix-vector products" if x == "products" else "wall time (s), 1 thread")
             ax.set_ylabel(label + (" - 1" if key in ("spectral", "frobenius") else ""))
             ax.set_title(f"{kind} decay, d = {d}", fontsize=9)
@@ -549,6 +552,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", default=None, help="comma-separated d values (default 2048,4096,8192)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {KINDS}")
     parser.add_argument("--output-dir", default=None, help="default: docs/evidence (full) / no files (quick)")
+    parser.add_argument("--name", default="krylov", help="file stem: NAME_table.rst and NAME.png (default krylov)")
     args = parser.parse_args(argv)
     s = QUICK if args.quick else FULL
     if args.sizes:
@@ -559,7 +563,7 @@ def main(argv: list[str] | None = None) -> dict:
     res = run(s, kinds, log=lambda m: print(m, file=sys.stderr, flush=True))
     text = table_rst(res)
     print(text)
-    publish(text, res, plot, table="krylov_table.rst", figure="krylov.png", output_dir=args.output_dir,
+    publish(text, res, plot, table=f"{args.name}_table.rst", figure=f"{args.name}.png", output_dir=args.output_dir,
             quick=args.quick)
     return res
 
