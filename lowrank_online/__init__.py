@@ -3,15 +3,17 @@
 Core (paper 001, Puiu "Brand New K-FACs"):
 
 * :func:`svd_update`, :func:`eigh_update` -- Brand's thin-SVD update and its symmetric variant;
-* :func:`rsvd`, :func:`reigh` -- randomized SVD and symmetric (Nystrom) randomized EVD;
+* :func:`rsvd`, :func:`reigh` -- randomized SVD and symmetric (Nystrom) randomized EVD, by block
+  Krylov (default) or subspace iteration, with an a-posteriori error estimate and ``tol``;
 * :func:`damped_solve` -- ``(Q L Q^T + lambda I)^{-1} X`` in time linear in the dimension;
+* :class:`NystromSketch` -- single-pass Nystrom sketch of a stream of Gram matrices;
 * :class:`LowRankEMA` -- exponential-average tracker with B-updates, RSVD refresh and light
   correction;
 * :func:`save_state` / :func:`load_state` -- npz checkpoints without pickle.
 """
 
 from ._linalg import DecompositionError
-from ._results import EighResult, SVDResult
+from ._results import EighResult, ErrorEstimate, REighResult, RSVDResult, SVDResult
 from .brand import eigh_update, svd_update
 from .checkpoint import load_state, save_state
 from .ema import LowRankEMA
@@ -37,6 +39,7 @@ from .kronecker import (
 )
 from .operators import LinearOperator
 from .randomized import reigh, rsvd
+from .sketch import NystromSketch
 from .solve import damped_solve
 
 __version__ = "0.1.0"
@@ -44,8 +47,12 @@ __version__ = "0.1.0"
 __all__ = [
     "DecompositionError",
     "EighResult",
+    "ErrorEstimate",
     "LinearOperator",
     "LowRankEMA",
+    "NystromSketch",
+    "REighResult",
+    "RSVDResult",
     "SVDResult",
     "damped_solve",
     "eigh_update",

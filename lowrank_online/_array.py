@@ -99,6 +99,11 @@ def is_numpy(xp: Any) -> bool:
     return array_api_compat.is_numpy_namespace(xp)
 
 
+def is_strict(xp: Any) -> bool:
+    """True for array-api-strict (NumPy underneath: NumPy's BLAS layouts apply)."""
+    return getattr(xp, "__name__", "") == "array_api_strict"
+
+
 def is_lazy(xp: Any) -> bool:
     """True for a namespace whose arrays are task graphs evaluated on demand (Dask)."""
     return array_api_compat.is_dask_namespace(xp)
@@ -304,9 +309,19 @@ def check_finite(x: Any, name: str, xp: Any) -> None:
     """
     if is_lazy(xp):
         return
-    if array_api_compat.size(x):
-        if not bool(xp.all(xp.isfinite(x))):
-            raise ValueError(f"`{name}` contains NaN or infinity")
+    if not array_api_compat.size(x):
+        return
+    if is_numpy(xp):
+        finite = bool(xp.all(xp.isfinite(x)))
+    else:
+        # max and min propagate NaN (and carry +-inf): two reductions and no boolean temporary
+        # as large as x. PyTorch's isfinite is the slow step otherwise: 195 ms against 25 ms for
+        # a 4096 x 4096 float64 tensor with one thread, half of a whole reigh call. NumPy's
+        # isfinite is the faster of the two there (14 ms against 20 ms) and is kept.
+        high, low = to_floats(xp, xp.max(x), xp.min(x))
+        finite = math.isfinite(high) and math.isfinite(low)
+    if not finite:
+        raise ValueError(f"`{name}` contains NaN or infinity")
 
 
 def check_int(

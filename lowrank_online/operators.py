@@ -51,11 +51,26 @@ class LinearOperator(Protocol):
 def _transposed_product(V: Any, X: Any, xp: Any) -> Any:
     """``X^T @ V`` as ``(V^T X)^T``: the same numbers, but BLAS streams a row-major ``X`` along
     its rows, 1.2-1.6x faster than through the transposed layout for a tall-skinny ``V``
-    (measured with NumPy/OpenBLAS at d = 4096, 60 columns). On Dask, whose ``X`` is chunked by
-    rows, ``X^T @ V`` is already a blockwise product and stays as it is."""
+    (measured with NumPy/OpenBLAS at d = 4096, 60 columns; with PyTorch/MKL 1.4-1.7x). On
+    Dask, whose ``X`` is chunked by rows, ``X^T @ V`` is already a blockwise product and stays
+    as it is."""
     if _array.is_lazy(xp):
         return X.T @ V
     return (V.T @ X).T
+
+
+def _direct_product(X: Any, V: Any, xp: Any) -> Any:
+    """``X @ V`` in the layout its BLAS runs fastest for a row-major ``X`` and a tall-skinny ``V``.
+
+    OpenBLAS (NumPy) runs ``(V^T X^T)^T`` 1.3-1.8x faster than ``X @ V`` (one thread, d = 4096,
+    16-60 columns: 40 ms against 72 ms at 30 columns); MKL (PyTorch's CPU build) is the other
+    way round, ``X @ V`` being 1.0-1.3x faster than the transposed form and 2.1-2.2x faster than
+    ``(V^T X)^T`` (38 ms against 81 ms). Other namespaces (CuPy's cuBLAS, Dask's blockwise
+    product) get ``X @ V`` as written.
+    """
+    if _array.is_numpy(xp) or _array.is_strict(xp):
+        return (V.T @ X.T).T
+    return X @ V
 
 
 class _Operand:
@@ -120,7 +135,7 @@ class _Operand:
 
     def matmat(self, V: Any) -> Any:
         if self.array is not None:
-            return self.array @ V
+            return _direct_product(self.array, V, self.xp)
         return self._checked(self.op.matmat(V), self.shape[0], V.shape[1], "matmat")
 
     def rmatmat(self, U: Any) -> Any:
@@ -131,9 +146,11 @@ class _Operand:
         return self._checked(self.op.rmatmat(U), self.shape[1], U.shape[1], "rmatmat")
 
     def symmetric_matmat(self, V: Any) -> Any:
-        """``X @ V`` for an ``X`` known to be symmetric: computed as ``(V^T X)^T`` for an
-        in-memory array (on Dask ``X @ V`` is the blockwise product that keeps X's rows)."""
-        if self.array is not None and not _array.is_lazy(self.xp):
+        """``X @ V`` for an ``X`` known to be symmetric, as ``X^T @ V`` or ``X @ V``, whichever
+        layout the namespace's BLAS runs fastest: ``(V^T X)^T`` with NumPy (OpenBLAS), ``X @ V``
+        with PyTorch (MKL: 2.1x faster than the transposed layout, see ``_direct_product``) and on
+        Dask (the blockwise product that keeps X's rows)."""
+        if self.array is not None and (_array.is_numpy(self.xp) or _array.is_strict(self.xp)):
             return _transposed_product(V, self.array, self.xp)
         return self.matmat(V)
 

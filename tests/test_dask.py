@@ -29,6 +29,7 @@ from conftest import assert_matrix_close, assert_orthonormal, increment_block, r
 from lowrank_online import (  # noqa: E402
     DecompositionError,
     LowRankEMA,
+    NystromSketch,
     damped_solve,
     eigh_update,
     load_state,
@@ -176,6 +177,41 @@ def test_reigh_on_dask_equals_numpy_for_the_same_seed(client, case):
     _close(lam, ref.eigenvalues, "float64")
     _close(V * lam @ V.T, (to_np(ref.eigenvectors) * to_np(ref.eigenvalues)) @ to_np(ref.eigenvectors).T, "float64")
     assert_orthonormal(V, "float64")
+
+
+@pytest.mark.parametrize("method", ["block_krylov", "subspace"])
+def test_randomized_error_estimate_and_tol_on_dask_equal_numpy(client, method):
+    """The estimate's products stay on the workers; its numbers, the residuals and the depth
+    that tol chose are NumPy's."""
+    rng = np.random.default_rng(16)
+    B = rng.standard_normal((400, 80)) * 0.9 ** np.arange(80)
+    X = B @ B.T
+    kw = {"tol": 1e-8} if method == "block_krylov" else {"estimate_error": True}
+    for fn in (rsvd, reigh):
+        ref = fn(X, 6, method=method, seed=3, **kw)
+        res = fn(_dask(X), 6, method=method, seed=3, **kw)
+        vals = res.S if fn is rsvd else res.eigenvalues
+        want = ref.eigenvalues if fn is reigh else ref.S
+        _close(_is_dask(vals), want, "float64")
+        _is_dask(res[0] if fn is rsvd else res.eigenvectors, _dask(X).chunks[0])
+        # residuals near the rounding level of X: compared on X's scale
+        np.testing.assert_allclose(_is_dask(res.error.residuals), to_np(ref.error.residuals), rtol=1e-6,
+                                   atol=1e-12 * float(want[0]))
+        assert res.error.frobenius == pytest.approx(ref.error.frobenius, rel=1e-8)
+        assert (res.error.iterations, res.error.n_products, res.error.converged) == (
+            ref.error.iterations, ref.error.n_products, ref.error.converged)
+
+
+def test_nystrom_sketch_on_dask_equals_numpy(client):
+    rng = np.random.default_rng(17)
+    batches = [rng.standard_normal((300, 4)) * 0.9 ** np.arange(300)[:, None] for _ in range(4)]
+    ref, res = NystromSketch(300, 5, decay=0.9, seed=2), NystromSketch(300, 5, decay=0.9, seed=2)
+    for A in batches:
+        ref.update(A)
+        res.update(_dask(A))
+    out, want = res.eigh(), ref.eigh()
+    _close(_is_dask(out.eigenvalues), want.eigenvalues, "float64")
+    _close(_is_dask(out.eigenvectors, _dask(batches[0]).chunks[0]), want.eigenvectors, "float64", factor=1e3)
 
 
 @pytest.mark.parametrize("continuation", [False, True])

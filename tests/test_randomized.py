@@ -53,7 +53,7 @@ def test_power_iterations_rescue_slowly_decaying_spectrum():
     ref = np.linalg.svd(X, compute_uv=False)
     errs = []
     for q in (0, 4):
-        res = rsvd(xp.asarray(X), 10, n_iter=q, seed=3)
+        res = rsvd(xp.asarray(X), 10, n_iter=q, method="subspace", seed=3)
         errs.append(np.linalg.norm(X - res.U @ np.diag(res.S) @ res.Vh, 2) / ref[10])
     assert errs[1] < errs[0] and errs[1] < 1.05
 
@@ -102,14 +102,23 @@ def test_rsvd_and_reigh_accept_operators(xp):
     rng = np.random.default_rng(6)
     X = _low_rank_plus_noise(rng, 90, 70, 8)
     op = _Operator(asarray(xp, X), xp)
-    res = rsvd(op, 6, seed=0)
-    ref = rsvd(asarray(xp, X), 6, seed=0)
+    res = rsvd(op, 6, method="subspace", seed=0)
+    ref = rsvd(asarray(xp, X), 6, method="subspace", seed=0)
     np.testing.assert_allclose(to_np(res.S), to_np(ref.S), rtol=1e-12)
     assert op.calls == 2 * 4 + 2
+    op = _Operator(asarray(xp, X), xp)
+    res = rsvd(op, 6, n_iter=1, seed=0)  # block Krylov: 2 steps, each a product with X and X^T
+    ref = rsvd(asarray(xp, X), 6, n_iter=1, seed=0)
+    np.testing.assert_allclose(to_np(res.S), to_np(ref.S), rtol=1e-12)
+    assert op.calls == 2 * 2
     P = _psd(rng, 80, 8)
     op = _Operator(asarray(xp, P), xp)
-    res = reigh(op, 5, seed=0)
+    res = reigh(op, 5, method="subspace", seed=0)
     assert op.calls == 4 + 1  # one product per power iteration, one for the Nystrom step
+    np.testing.assert_allclose(to_np(res.eigenvalues), np.linalg.eigvalsh(P)[::-1][:5], rtol=1e-8)
+    op = _Operator(asarray(xp, P), xp)
+    res = reigh(op, 5, n_iter=1, seed=0)  # block Krylov: one product per step, Nystrom for free
+    assert op.calls == 1 + 1
     np.testing.assert_allclose(to_np(res.eigenvalues), np.linalg.eigvalsh(P)[::-1][:5], rtol=1e-8)
 
 
@@ -147,7 +156,7 @@ def test_reigh_reconstruction_matches_rsvd_with_half_the_products():
     ops = {}
     for name, fn in (("reigh", reigh), ("rsvd", rsvd)):
         op = _Operator(xp.asarray(P), xp)
-        res = fn(op, 20, n_iter=2, seed=0)
+        res = fn(op, 20, n_iter=2, method="subspace", seed=0)
         lam = res.eigenvalues if name == "reigh" else res.S
         vec = res.eigenvectors if name == "reigh" else res.U
         ops[name] = (op.calls, np.linalg.norm(P - vec @ np.diag(lam) @ vec.T, 2) / w[20])
@@ -166,9 +175,10 @@ def test_reigh_eigenvalue_error_follows_the_nystrom_power():
     P = B @ B.T
     w = np.linalg.eigvalsh(P)[::-1][:k]
     err = lambda lam: np.max(np.abs(lam - w) / w)  # noqa: E731
-    e_rsvd = err(rsvd(xp.asarray(P), k, n_iter=2, seed=0).S)
-    e_reigh_same = err(reigh(xp.asarray(P), k, n_iter=2, seed=0).eigenvalues)
-    e_reigh_double = err(reigh(xp.asarray(P), k, n_iter=5, seed=0).eigenvalues)
+    sub = {"method": "subspace", "seed": 0}
+    e_rsvd = err(rsvd(xp.asarray(P), k, n_iter=2, **sub).S)
+    e_reigh_same = err(reigh(xp.asarray(P), k, n_iter=2, **sub).eigenvalues)
+    e_reigh_double = err(reigh(xp.asarray(P), k, n_iter=5, **sub).eigenvalues)
     assert e_reigh_same > 10 * e_rsvd
     assert e_reigh_double < 10 * e_rsvd
 
@@ -238,13 +248,15 @@ def test_reigh_sketch_symmetry_test_separates_rounding_from_real_asymmetry(dtype
 
 
 def test_reigh_tests_symmetry_entrywise_when_there_is_no_sketch():
-    """n_iter=0 (orthonormalised G), a one-column sketch and the dense path: arrays get the
-    entrywise test; symmetric input passes all three."""
+    """Subspace iteration with n_iter=0 (orthonormalised G), a one-column sketch, block Krylov
+    with one-column blocks and the dense path: arrays get the entrywise test; symmetric input
+    passes them all."""
     rng = np.random.default_rng(14)
     B = rng.standard_normal((60, 60))
     P = B @ B.T
     bad = P + 1e-3 * np.triu(np.ones((60, 60)))
-    for kwargs in ({"rank": 4, "n_iter": 0}, {"rank": 1, "oversample": 0}, {"rank": 50}):
+    for kwargs in ({"rank": 4, "n_iter": 0, "method": "subspace"}, {"rank": 1, "oversample": 0, "method": "subspace"},
+                   {"rank": 2, "oversample": 0, "block_size": 1}, {"rank": 50}):
         with pytest.raises(ValueError, match=r"max \|X - X\^T\|"):
             reigh(bad, seed=0, **kwargs)
         reigh(P, seed=0, **kwargs)
