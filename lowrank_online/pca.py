@@ -87,17 +87,16 @@ def _update(state: PCAState | None, X: Any, k: int, decay: float | None, xp: Any
     With ``w = rho N / N'`` (``N`` the weight seen so far, ``N' = rho N + n``, ``rho = 1``
     without decay), the new weighted scatter matrix about the new mean is
 
-    .. math:: S' = \rho S + X_c^T X_c + w\, n\, \delta \delta^T, \qquad \delta = \mu - m_b,
+    .. math:: S' = \rho S + X_c^T X_c + c c^T, \qquad c = \sqrt{w n}\, (\mu - m_b),
 
-    with ``X_c`` the batch centred on its own mean ``m_b``. scikit-learn writes the last term
-    as one extra row ``sqrt(w n) delta``. Shifting every batch row by ``a = m_b + sqrt(w) delta``
-    instead of ``m_b`` gives the same Gram matrix, ``(X - 1 a^T)^T (X - 1 a^T) = X_c^T X_c +
-    w n delta delta^T``, with n rows instead of n + 1 and without the linear dependence of
-    centred rows (they sum to zero), which would send every update to the complement's slow
-    rank-revealing path. The first batch (no delta) is centred by a Householder reflection
-    that maps the unit vector ``1 / sqrt(n)`` to ``e_1``: its other n - 1 rows are ``x_i - b``
-    (i >= 2) with ``b = m_b + (m_b - x_1) / (sqrt(n) - 1)``, an orthonormal basis of the
-    centred rows' span whose Gram matrix is ``X_c^T X_c``, in O(nd) flops.
+    with ``X_c`` the batch centred on its own mean ``m_b``: scikit-learn's stacked matrix
+    without the held part. Its n rows are linearly dependent (they sum to zero), which would
+    send every update to the complement's slow rank-revealing path; a Householder reflection
+    that maps ``1 / sqrt(n)`` to ``e_1`` replaces them by n - 1 rows with the same Gram matrix,
+    ``x_i - b`` (i >= 2) with ``b = m_b + (m_b - x_1) / (sqrt(n) - 1)``, in O(nd). The mean
+    correction ``c`` takes the freed first row, scaled to the rows' typical norm (and scaled
+    back in the core): a correction much smaller or much larger than the batch (a stationary
+    stream; a drifting one) would otherwise make the block's Gram matrix ill-conditioned.
 
     The increment ``A = B^T`` (d x n) is written against the held basis, ``A = V C + P R``
     (``_linalg.complement``), and the top-k left singular vectors of the small core
@@ -110,45 +109,68 @@ def _update(state: PCAState | None, X: Any, k: int, decay: float | None, xp: Any
     rho = 1.0 if decay is None else float(decay)
     N = 0 if first else state.n_samples_seen
     N_new = N + n if decay is None else rho * N + n
+    w = rho * N / N_new
     be = _array.Backend.of(X.T if first else state.components, xp)
     X = be.persist(X)  # read by the mean, the shift and the increment: materialised once
-    m = xp.mean(X, axis=0)
+    # The batch mean is read by the shift, the statistics and the new mean: computed once. (On
+    # Dask, a key computed by one graph and then again by a later persisted one leaves released
+    # records on the scheduler; every intermediate read twice is persisted.)
+    m = be.persist(xp.mean(X, axis=0))
+    # Householder-centred rows (the first row of B is a placeholder, see above), read by the
+    # statistics and by the complement
+    B = be.persist(X - (m + (m - X[0, :]) / (math.sqrt(n) - 1.0)) if n > 1 else X * 0.0)
+    centred = B[1:, :]
+    sq = xp.sum(centred * centred, axis=0)
     if first:
-        if n > 1:
-            B = X[1:, :] - (m + (m - X[0, :]) / (math.sqrt(n) - 1.0))
-        else:
-            B = X[:0, :]
-        mean = m
-        scatter = xp.sum(B * B, axis=0)
+        mean, scatter = m, sq
+        (batch_sq,) = _array.to_floats(xp, xp.sum(sq))
+        delta_sq = held_sq = 0.0
     else:
         delta = state.mean - m
-        w = rho * N / N_new
         mean = m + w * delta
-        B = X - (m + math.sqrt(w) * delta)
-        # diag(B^T B) is the whole increment of the scatter diagonal (the mean correction
-        # included): no cancellation, unlike sum(x^2) - n m^2.
-        scatter = (rho * N) * state.var + xp.sum(B * B, axis=0)
+        # diag(B^T B) is the increment of the scatter's diagonal: no cancellation, unlike
+        # sum(x^2) - n m^2.
+        scatter = (rho * N) * state.var + sq + (w * n) * (delta * delta)
+        delta_sq, batch_sq, held_sq = _array.to_floats(
+            xp, xp.sum(delta * delta), xp.sum(sq), (rho * N) * xp.sum(state.var)
+        )
     var = scatter / N_new
-    total = xp.sum(scatter)
+    total = held_sq + batch_sq + w * n * delta_sq
+    c_norm = math.sqrt(w * n * delta_sq)
+    if c_norm > 0.0:
+        typical = math.sqrt(batch_sq / (n - 1)) if n > 1 and batch_sq > 0.0 else c_norm
+        B[0, :] = (typical * math.sqrt(w * n) / c_norm) * delta
+        col_scale = [c_norm / typical] + [1.0] * (n - 1)
+    else:  # first batch, or a batch mean equal to the running mean
+        B, col_scale = centred, [1.0] * (n - 1)
 
     if first:
+        # An empty basis of its own, not A[:, :0]: on Dask a slice keeps A's lineage, and
+        # CholeskyQR2 passes of the complement over it leave released records on the scheduler
+        # (client.restart() then fails).
         (A,) = _array.align_tall(("X", B.T), xp=xp)
-        V0 = A[:, :0]
+        empty = xp.zeros((d, 0), dtype=A.dtype, device=_array.device(A))
+        _, V0 = _array.align_tall(("X", A), ("components_", empty), xp=xp)
     else:
         V0, A = _array.align_tall(("components_", state.components), ("X", B.T), xp=xp)
     be = _array.Backend.of(V0, xp)
     cxp = be.cxp
     r = V0.shape[1]
     be.watch(("X", A))  # a lazy X is checked for NaN / infinity on the small cores
-    be.prefetch(total)
     held = be.zeros((0,)) if first else be.to_core(state.singular_values) * math.sqrt(rho)
     if A.shape[1]:
-        comp = _linalg.complement(V0, A, be)
+        try:
+            comp = _linalg.complement(V0, A, be)
+        except FloatingPointError as err:  # the Gram matrix of the batch overflowed
+            raise _linalg.DecompositionError(
+                f"the updated spectrum overflows ({err}); scale the data or use float64"
+            ) from err
         p = comp.coef_p.shape[0]
+        D = cxp.asarray(col_scale, dtype=be.cdtype, device=_array.device(comp.coef_q))[None, :]
         core = cxp.concat(
             [
-                cxp.concat([_linalg.diag(held, cxp), comp.coef_q], axis=1),
-                cxp.concat([be.zeros((p, r)), comp.coef_p], axis=1),
+                cxp.concat([_linalg.diag(held, cxp), comp.coef_q * D], axis=1),
+                cxp.concat([be.zeros((p, r)), comp.coef_p * D], axis=1),
             ],
             axis=0,
         )
@@ -158,7 +180,6 @@ def _update(state: PCAState | None, X: Any, k: int, decay: float | None, xp: Any
         Uc, s, _ = _linalg.small_svd(core, cxp)
     else:
         Uc, s = be.zeros((0, 0)), be.zeros((0,))
-    total = float(be.to_core(total))
     if not (math.isfinite(total) and be.all_finite(s)):
         raise _linalg.DecompositionError("the updated spectrum overflows; scale the data or use float64")
 
@@ -199,7 +220,12 @@ def _update(state: PCAState | None, X: Any, k: int, decay: float | None, xp: Any
 
 
 def _n_components_for(n_components: int | None, state: PCAState | None, n: int, d: int) -> int:
-    """scikit-learn's ``n_components_`` for a batch of n rows and d features (its errors too)."""
+    """scikit-learn's ``n_components_`` for a batch of n rows and d features (its errors too).
+
+    In ``fit`` too, a first batch with fewer rows than ``n_components`` is refused: scikit-learn's
+    fit fails on the second batch then, or returns fewer components than ``n_components_`` when
+    there is no second batch.
+    """
     if n_components is None:
         k = min(n, d) if state is None else state.components.shape[1]
     elif n_components > d:
@@ -336,7 +362,7 @@ if not _SKLEARN:  # pragma: no cover - exercised by the no-scikit-learn subproce
 
         def __repr__(self) -> str:
             defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()}
-            changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
+            changed = [f"{k}={v!r}" for k, v in sorted(self.get_params().items()) if defaults.get(k) != v]
             return f"{type(self).__name__}({', '.join(changed)})"
 
     _BASES: tuple[type, ...] = (_MiniEstimator,)
@@ -800,27 +826,32 @@ class StreamingPCA(*_BASES):
 
     def score_samples(self, X: Any) -> Any:
         """Log-likelihood of each sample under the probabilistic PCA model (Tipping & Bishop),
-        shape (n_samples,); in ``O(n d k)`` through the low-rank precision."""
+        shape (n_samples,); in ``O(n d k)`` through the low-rank precision.
+
+        With ``noise_variance_ = 0`` the model is singular unless every feature is a component
+        with positive variance (``n_components_ = n_features``, where it is the sample
+        covariance): every sample then scores ``-inf`` (scikit-learn's dense inverse would raise
+        or return noise).
+        """
         xp, X, state = self._prepared(X, "score_samples")
         V, e, noise = self._model(xp)
         dt = _array.result_dtype(xp, X, V)
         V, e, mean, X = (_array.astype(a, dt, xp) for a in (V, e, state.mean, X))
-        d = X.shape[1]
+        n, d = X.shape
         Xr = X - mean[None, :]
-        log2pi = d * math.log(2.0 * math.pi)
-        if noise == 0.0:  # a singular or noise-free model: the dense precision, as scikit-learn
-            P = self.get_precision()
-            quad = xp.sum(Xr * (Xr @ _array.astype(P, dt, xp)), axis=1)
-            sign, logdet = xp.linalg.slogdet(P)
-            logdet = float(logdet) if float(sign) > 0 else -math.inf
-            return -0.5 * quad - 0.5 * (log2pi - logdet)
         proj = Xr @ V
-        # The residual is formed explicitly: |x|^2 - |V^T x|^2 would cancel when the data lies
-        # mostly in the span of the components.
-        resid = Xr - proj @ V.T
-        quad = xp.sum(resid * resid, axis=1) / noise + xp.sum(proj * proj / (e + noise)[None, :], axis=1)
-        logdet_cov = float(xp.sum(xp.log(e + noise))) + (d - V.shape[1]) * math.log(noise)
-        return -0.5 * quad - 0.5 * (log2pi + logdet_cov)
+        if noise == 0.0:
+            if V.shape[1] < d or not bool(xp.all(e > 0)):
+                return xp.full((n,), -math.inf, dtype=dt, device=_array.device(X))
+            quad = xp.sum(proj * proj / e[None, :], axis=1)
+            logdet_cov = float(xp.sum(xp.log(e)))
+        else:
+            # The residual is formed explicitly: |x|^2 - |V^T x|^2 would cancel when the data
+            # lies mostly in the span of the components.
+            resid = Xr - proj @ V.T
+            quad = xp.sum(resid * resid, axis=1) / noise + xp.sum(proj * proj / (e + noise)[None, :], axis=1)
+            logdet_cov = float(xp.sum(xp.log(e + noise))) + (d - V.shape[1]) * math.log(noise)
+        return -0.5 * quad - 0.5 * (d * math.log(2.0 * math.pi) + logdet_cov)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Average log-likelihood of the samples of ``X`` (a Python float)."""
