@@ -513,14 +513,19 @@ class StreamingPCA(*_BASES):
     >>> import array_api_strict as xp
     >>> from lowrank_online import StreamingPCA
     >>> X = xp.asarray([[-1.0, -1.0], [-2.0, -1.0], [-3.0, -2.0], [1.0, 1.0], [2.0, 1.0], [3.0, 2.0]])
-    >>> pca = StreamingPCA(n_components=1, batch_size=3).fit(X)
-    >>> pca.components_
-    Array([[0.83849224, 0.54491354]], dtype=array_api_strict.float64)
+    >>> pca = StreamingPCA(n_components=1, batch_size=3).fit(X)   # two batches of 3 rows
+    >>> pca.components_                                           # scikit-learn's IncrementalPCA's
+    Array([[0.83864534, 0.54467787]], dtype=array_api_strict.float64)
     >>> pca.transform(X[:2, :])
-    Array([[-1.38340578],
-           [-2.22189802]], dtype=array_api_strict.float64)
+    Array([[-1.38332322],
+           [-2.22196856]], dtype=array_api_strict.float64)
     >>> pca.n_samples_seen_
     6
+    >>> forgetful = StreamingPCA(n_components=1, decay=0.5, batch_size=3).fit(X)
+    >>> forgetful.n_samples_seen_                                 # 0.5 * 3 + 3
+    4.5
+    >>> forgetful.mean_                                           # (0.5 * 3 * m_1 + 3 * m_2) / 4.5
+    Array([0.66666667, 0.44444444], dtype=array_api_strict.float64)
     """
 
     _PARAMS = ("n_components", "decay", "whiten", "batch_size", "copy", "verbose")
