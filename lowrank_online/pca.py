@@ -25,6 +25,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+import array_api_compat
 import numpy as np
 
 from . import _array, _linalg
@@ -103,6 +104,10 @@ def _update(state: PCAState | None, X: Any, k: int, decay: float | None, xp: Any
     ``[[sqrt(rho) diag(S), C], [0, R]]`` rotate ``[V P]`` into the new basis. The right factor
     of that SVD (the sample side) is never used: only one complement is computed, on the
     feature side, and the core is factorized by SVD, not squared.
+
+    When the held rank plus the batch's rows reach d (in memory), the complement would span
+    all of R^d and take its slow rank-revealing path: the stacked matrix's d x d R factor and
+    the SVD of R give the same triplets (``_dense_update``), still without the left factor.
     """
     n, d = X.shape
     first = state is None
@@ -117,7 +122,7 @@ def _update(state: PCAState | None, X: Any, k: int, decay: float | None, xp: Any
     # records on the scheduler; every intermediate read twice is persisted.)
     m = be.persist(xp.mean(X, axis=0))
     # Householder-centred rows (the first row of B is a placeholder, see above), read by the
-    # statistics and by the complement
+    # statistics and by the update
     B = be.persist(X - (m + (m - X[0, :]) / (math.sqrt(n) - 1.0)) if n > 1 else X * 0.0)
     centred = B[1:, :]
     sq = xp.sum(centred * centred, axis=0)
@@ -125,6 +130,7 @@ def _update(state: PCAState | None, X: Any, k: int, decay: float | None, xp: Any
         mean, scatter = m, sq
         (batch_sq,) = _array.to_floats(xp, xp.sum(sq))
         delta_sq = held_sq = 0.0
+        delta = None
     else:
         delta = state.mean - m
         mean = m + w * delta
@@ -136,20 +142,75 @@ def _update(state: PCAState | None, X: Any, k: int, decay: float | None, xp: Any
         )
     var = scatter / N_new
     total = held_sq + batch_sq + w * n * delta_sq
+    if not math.isfinite(total):
+        raise _linalg.DecompositionError("the updated spectrum overflows; scale the data or use float64")
     c_norm = math.sqrt(w * n * delta_sq)
-    if c_norm > 0.0:
-        typical = math.sqrt(batch_sq / (n - 1)) if n > 1 and batch_sq > 0.0 else c_norm
-        B[0, :] = (typical * math.sqrt(w * n) / c_norm) * delta
-        col_scale = [c_norm / typical] + [1.0] * (n - 1)
-    else:  # first batch, or a batch mean equal to the running mean
-        B, col_scale = centred, [1.0] * (n - 1)
+    r = 0 if first else state.components.shape[1]
+    rows = n - 1 + (c_norm > 0.0)
+    if rows and r + rows >= d and not _array.is_lazy(xp):
+        # As many rows as features: the span of [V, B^T] is all of R^d, and Brand's complement
+        # would take its slow rank-revealing path for nothing.
+        if c_norm > 0.0:
+            B[0, :] = math.sqrt(w * n) * delta
+        else:
+            B = centred
+        V, s = _dense_update(state, B, rho, be, xp)
+    else:
+        if c_norm > 0.0:
+            typical = math.sqrt(batch_sq / (n - 1)) if n > 1 and batch_sq > 0.0 else c_norm
+            B[0, :] = (typical * math.sqrt(w * n) / c_norm) * delta
+            col_scale = [c_norm / typical] + [1.0] * (n - 1)
+        else:  # first batch, or a batch mean equal to the running mean
+            B, col_scale = centred, [1.0] * (n - 1)
+        V, s = _brand_update(state, B, col_scale, rho, k, d, be, xp)
+    if not be.all_finite(s):
+        raise _linalg.DecompositionError("the updated spectrum overflows; scale the data or use float64")
+    q = min(k, s.shape[0])
+    V = V[:, :q]
+    if q < k:
+        V = be.join_columns([V, _outside_directions(V, k - q, be)])
+    # The sign convention of scikit-learn's svd_flip(u_based_decision=False): the
+    # largest-magnitude entry of every component is positive.
+    V, _ = _linalg.flip_signs(V, xp, be)
 
+    cxp = be.cxp
+    s2 = s * s
+    inv_dof = _nan_safe_inverse(N_new - 1)
+    kept = cxp.concat([s2[:q], be.zeros((k - q,))])
+    rank_all = min(n, d) if first else min(r + n + 1, d)  # scikit-learn's number of singular values
+    if k in (n, d):  # scikit-learn's rule, on the rows of this batch
+        noise = 0.0
+    else:
+        noise = float(cxp.sum(s2[k:])) * inv_dof / (rank_all - k)
+    V, mean, var = be.detach(V, mean, var)
+    return PCAState(
+        components=V,
+        singular_values=be.from_core(cxp.sqrt(kept)),
+        mean=mean,
+        var=var,
+        n_samples_seen=N_new,
+        explained_variance=be.from_core(kept * inv_dof),
+        explained_variance_ratio=be.from_core(kept * _nan_safe_inverse(total)),
+        noise_variance=noise,
+        n_batches=1 if first else state.n_batches + 1,
+        batch_size=None if first else state.batch_size,
+    )
+
+
+def _brand_update(
+    state: PCAState | None, B: Any, col_scale: list[float], rho: float, k: int, d: int,
+    be: _array.Backend, xp: Any,
+) -> tuple[Any, Any]:
+    """(top-k left singular vectors, all singular values) of ``[sqrt(rho) V S, B^T D]`` by one
+    complement of the increment ``B^T`` (its columns scaled by ``D^-1 = diag(1/col_scale)``)
+    against V and the SVD of the small core."""
+    first = state is None
     if first:
         # An empty basis of its own, not A[:, :0]: on Dask a slice keeps A's lineage, and
         # CholeskyQR2 passes of the complement over it leave released records on the scheduler
         # (client.restart() then fails).
         (A,) = _array.align_tall(("X", B.T), xp=xp)
-        empty = xp.zeros((d, 0), dtype=A.dtype, device=_array.device(A))
+        empty = xp.zeros((d, 1), dtype=A.dtype, device=_array.device(A))[:, :0]  # Dask chunks no (d, 0)
         _, V0 = _array.align_tall(("X", A), ("components_", empty), xp=xp)
     else:
         V0, A = _array.align_tall(("components_", state.components), ("X", B.T), xp=xp)
@@ -180,43 +241,40 @@ def _update(state: PCAState | None, X: Any, k: int, decay: float | None, xp: Any
         Uc, s, _ = _linalg.small_svd(core, cxp)
     else:
         Uc, s = be.zeros((0, 0)), be.zeros((0,))
-    if not (math.isfinite(total) and be.all_finite(s)):
-        raise _linalg.DecompositionError("the updated spectrum overflows; scale the data or use float64")
-
-    q = min(k, s.shape[0])
-    Uq = Uc[:, :q]
+    Uq = Uc[:, : min(k, s.shape[0])]
     if comp is None:
-        V = be.matmul(V0, be.from_core(Uq))
-    else:
-        Z = cxp.concat([Uq[:r, :] + comp.zp[:r, :] @ Uq[r:, :], comp.zp[r:, :] @ Uq[r:, :]], axis=0)
-        V = be.matmul(comp.tall, be.from_core(Z))
-    if q < k:
-        V = be.join_columns([V, _outside_directions(V, k - q, be)])
-    # The sign convention of scikit-learn's svd_flip(u_based_decision=False): the
-    # largest-magnitude entry of every component is positive.
-    V, _ = _linalg.flip_signs(V, xp, be)
+        return be.matmul(V0, be.from_core(Uq)), s
+    Z = cxp.concat([Uq[:r, :] + comp.zp[:r, :] @ Uq[r:, :], comp.zp[r:, :] @ Uq[r:, :]], axis=0)
+    return be.matmul(comp.tall, be.from_core(Z)), s
 
-    s2 = s * s
-    inv_dof = _nan_safe_inverse(N_new - 1)
-    kept = cxp.concat([s2[:q], be.zeros((k - q,))])
-    rank_all = min(n, d) if first else min(r + n + 1, d)  # scikit-learn's number of singular values
-    if k in (n, d):  # scikit-learn's rule, on the rows of this batch
-        noise = 0.0
-    else:
-        noise = float(cxp.sum(s2[k:])) * inv_dof / (rank_all - k)
-    V, mean, var = be.detach(V, mean, var)
-    return PCAState(
-        components=V,
-        singular_values=be.from_core(cxp.sqrt(kept)),
-        mean=mean,
-        var=var,
-        n_samples_seen=N_new,
-        explained_variance=be.from_core(kept * inv_dof),
-        explained_variance_ratio=be.from_core(kept * _nan_safe_inverse(total)),
-        noise_variance=noise,
-        n_batches=1 if first else state.n_batches + 1,
-        batch_size=None if first else state.batch_size,
+
+def _r_factor(M: Any, xp: Any) -> Any:
+    """The R factor of a tall ``M`` (m x d, m >= d). NumPy, CuPy and PyTorch compute it without
+    forming Q (LAPACK geqrf only, a third of a full QR's work); other namespaces through the
+    standard's reduced QR."""
+    if array_api_compat.is_numpy_namespace(xp):
+        return np.linalg.qr(M, mode="r")
+    if array_api_compat.is_cupy_namespace(xp):
+        import cupy
+
+        return cupy.linalg.qr(M, mode="r")
+    if array_api_compat.is_torch_namespace(xp):
+        import torch
+
+        return torch.linalg.qr(M, mode="r").R
+    return xp.linalg.qr(M).R
+
+
+def _dense_update(state: PCAState | None, B: Any, rho: float, be: _array.Backend, xp: Any) -> tuple[Any, Any]:
+    """(right singular vectors, singular values) of scikit-learn's stacked matrix
+    ``[sqrt(rho) diag(S) V^T; B]`` (at least as many rows as the d features): its d x d R
+    factor, then the SVD of R in the core dtype. The left (sample-side) factor that
+    scikit-learn's SVD also forms is never computed."""
+    M = B if state is None else xp.concat(
+        [(math.sqrt(rho) * state.singular_values)[:, None] * state.components.T, B], axis=0
     )
+    _, s, Vh = _linalg.small_svd(be.to_core(_r_factor(M, xp)), be.cxp)
+    return be.from_core(Vh.T), s
 
 
 def _n_components_for(n_components: int | None, state: PCAState | None, n: int, d: int) -> int:

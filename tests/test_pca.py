@@ -751,3 +751,27 @@ def test_dask_checkpoint_restart_and_resume(client, tmp_path):
     for B in batches[5:]:
         resumed.partial_fit(_dask_rows(B))
     _assert_like(_computed(resumed), ref, "float64")
+
+
+def test_batches_wider_than_the_features_take_the_dense_path_and_equal_scikit_learn(monkeypatch):
+    """n >= d - k: the stacked matrix's R factor instead of a complement that would span R^d
+    (and take its slow rank-revealing path); the Brand path is never entered."""
+    from lowrank_online import pca
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Brand path taken for a batch wider than the features")
+
+    monkeypatch.setattr(pca, "_brand_update", refuse)
+    X = _data(np.random.default_rng(33), 600, 40)
+    ours = StreamingPCA(10, batch_size=200).fit(X)
+    ref = IncrementalPCA(10, batch_size=200).fit(X)
+    _assert_like(ours, ref, "float64")
+
+
+def test_demo_section_reports_agreement_and_speed():
+    from lowrank_online import _pca_demo
+
+    out = _pca_demo.section(True)
+    assert "StreamingPCA against scikit-learn's IncrementalPCA" in out and "faster" in out
+    comp = float(out.split("agreement: components ")[1].split()[0])
+    assert comp < 1e-10
