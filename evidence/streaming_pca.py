@@ -324,8 +324,14 @@ def dask_batch(d: int, s: Setup, t: int, seed: int = 0):
     import dask.array as da
 
     cols = tuple(min(s.dask_rows, d - c) for c in range(0, d, s.dask_rows))
-    return da.map_blocks(_dask_block, seed, t, s.latent, s.noise, s.dask_dtype, chunks=((s.dask_n,), cols),
-                         dtype=s.dask_dtype, meta=np.empty((0, 0), s.dask_dtype))
+    latent, noise, dtype = s.latent, s.noise, s.dask_dtype
+
+    # A closure, which pickle refuses and cloudpickle sends by value: the workers need not
+    # import this script (the tests load it by path).
+    def block(block_info=None):
+        return _dask_block(seed, t, latent, noise, dtype, block_info=block_info)
+
+    return da.map_blocks(block, chunks=((s.dask_n,), cols), dtype=dtype, meta=np.empty((0, 0), dtype))
 
 
 def _worker_peak(dask_worker) -> float:
@@ -361,6 +367,12 @@ def dask_section(s: Setup, log=print, client: Any = None) -> dict:
     from dask.distributed import Client, LocalCluster
 
     IncrementalPCA = _sklearn_ipca()
+    if __name__ != "__main__":
+        # Loaded by path (the tests): the workers cannot import this module, so what it sends
+        # them (the block generator, the probes) travels by value.
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
     own = client is None
     if own:
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit=s.dask_memory,
