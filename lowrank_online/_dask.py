@@ -190,7 +190,15 @@ class DaskBackend(Backend):
                 if name not in self._host:
                     todo.setdefault(name, x)
             names = list(todo)
-            for name, value in zip(names, _compute([todo[n] for n in names])):
+            try:
+                values = _compute([todo[n] for n in names])
+            except np.linalg.LinAlgError:
+                # A factorization inside the graph (the dense fallback's tall-skinny SVD) met
+                # NaN before any core could be tested: name the input that holds it, if any.
+                if self._watched:
+                    self._blame()
+                raise
+            for name, value in zip(names, values):
                 self._host[name] = np.asarray(value)
             self._pending.clear()
         return [self._host[x.name] if isinstance(x, da.Array) else np.asarray(x) for x in xs]

@@ -75,9 +75,12 @@ def extend(W: Any, B: Any, be: _array.Backend, rng: Any) -> Extension:
         G = be.to_core(W.T @ W)
         coef = None
     else:
-        H1 = B.T @ W
+        # The coefficients are persisted before the residuals use them: a key computed once
+        # inside a persisted graph and again inside a fetched one is submitted twice under
+        # different optimisations, which the distributed scheduler leaves waiting (held) forever.
+        H1 = be.persist(B.T @ W)
         W1 = be.persist(be.residual(W, B, H1))
-        H2 = B.T @ W1
+        H2 = be.persist(B.T @ W1)
         W = be.persist(be.residual(W1, B, H2))
         H1, H2, G = be.to_core(H1, H2, W.T @ W)
         coef = H1 + H2
@@ -98,7 +101,7 @@ def extend(W: Any, B: Any, be: _array.Backend, rng: Any) -> Extension:
     if B is not None and mu_min < mu_max * _LEAN:
         # A direction of W small against the others inherits the rounding of the projection of
         # the large ones: it leans into span(B) by up to eps cond(W). Project once more.
-        H3 = B.T @ P
+        H3 = be.persist(B.T @ P)
         P = be.persist(be.residual(P, B, H3))
         coef = coef + be.to_core(H3) @ R
     # CholeskyQR2: the second pass restores the orthonormality the first lost (~cond^2 eps).

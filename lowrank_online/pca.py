@@ -143,6 +143,10 @@ def _update(state: PCAState | None, X: Any, k: int, decay: float | None, xp: Any
     var = scatter / N_new
     total = held_sq + batch_sq + w * n * delta_sq
     if not math.isfinite(total):
+        if _array.is_lazy(xp) and not be.all_finite(X):
+            # The lazy batch was not checked on entry (see _validate): its statistics are the
+            # first small results, and the pass that names it runs on this error path only.
+            raise ValueError("`X` contains NaN or infinity (found when the batch statistics were computed)")
         raise _linalg.DecompositionError("the updated spectrum overflows; scale the data or use float64")
     c_norm = math.sqrt(w * n * delta_sq)
     r = 0 if first else state.components.shape[1]

@@ -206,7 +206,9 @@ def entries(xp, dt):
     for name, fn in (("rsvd", lo.rsvd), ("reigh", lo.reigh)):
         out.append(Entry(name, fn, {
             "X": (X, Array(wrong=(_cols() if name == "reigh" else None))), "rank": (2, Integer(1, d)),
-            "oversample": (3, Integer(0)), "n_iter": (2, Integer(0)), "seed": (0, Seed())}))
+            "oversample": (3, Integer(0)), "n_iter": (2, Integer(0, none=True)), "seed": (0, Seed()),
+            "block_size": (None, Integer(1, d, none=True)), "tol": (None, Real(0.0, 1.0, True, True, none=True)),
+            "estimate_error": (False, Flag()), "method": ("block_krylov", Choice(("subspace", "block_krylov")))}))
 
     out.append(Entry("LowRankEMA", lo.LowRankEMA, {
         "rank": (3, Integer(1)), "decay": (0.9, Real(0.0, 1.0, low_open=True)),
@@ -287,7 +289,7 @@ def entries(xp, dt):
 
 
 # Bad inputs tried per (backend, dtype); asserted so that the walk cannot shrink unnoticed.
-EXPECTED = {"numpy": 634, "array_api_strict": 691, "torch": 691}
+EXPECTED = {"numpy": 670, "array_api_strict": 727, "torch": 727}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

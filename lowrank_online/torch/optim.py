@@ -74,7 +74,7 @@ class KFACOptimizer(torch.optim.Optimizer):
     >>> nn.functional.cross_entropy(model(x), y).backward()
     >>> opt.step()
     >>> sorted(opt.state_dict())
-    ['kfac', 'param_groups', 'state']
+    ['curvature', 'param_groups', 'state']
     """
 
     def __init__(
