@@ -63,6 +63,16 @@ class FactorSpec(NamedTuple):
         return self.refresh or self.correct or config.bkfac_init == "reigh"
 
 
+class FactorDecomposition(NamedTuple):
+    """What a factor's decomposition writes into its :class:`FactorState`: the held
+    representation and the B-update counter. It is what travels from the process that computes
+    a decomposition to the others (:meth:`KFACPreconditioner.decompose`)."""
+
+    eigenvalues: Any
+    eigenvectors: Any
+    n_brand: int
+
+
 class FactorState(NamedTuple):
     kind: str  # the resolved kind ("by-cost" is resolved at the first update)
     dense: Any  # EA matrix (d x d), or None when the kind does not need it
@@ -136,8 +146,27 @@ def _due(n_stats: int, k: int, period: int) -> bool:
     return n_stats == 0 or k % period == 0
 
 
-def update(state: FactorState, X: Any, k: int, spec: FactorSpec, config: CurvatureConfig, xp: Any) -> FactorState:
+def due(state: FactorState, k: int, config: CurvatureConfig) -> bool:
+    """Whether :func:`update` at step ``k`` recomputes the representation (an EVD, a randomized
+    EVD, or a B-update with its refresh or correction)."""
+    return _due(state.n_stats, k, config.T_brand if state.kind == "brand" else config.T_inv)
+
+
+def decomposition(state: FactorState) -> FactorDecomposition:
+    return FactorDecomposition(state.eigenvalues, state.eigenvectors, state.n_brand)
+
+
+def install(state: FactorState, part: FactorDecomposition) -> FactorState:
+    return state._replace(eigenvalues=part.eigenvalues, eigenvectors=part.eigenvectors, n_brand=part.n_brand)
+
+
+def update(state: FactorState, X: Any, k: int, spec: FactorSpec, config: CurvatureConfig, xp: Any,
+           decompose: bool = True) -> FactorState:
     """Incorporate one statistics batch ``X`` (N x d) at preconditioner step ``k``.
+
+    ``decompose=False`` advances the statistics (the dense EA, the counter) and leaves a
+    representation that :func:`due` says is due undone: the state keeps the previous one until
+    :func:`install` puts in one computed elsewhere (on another process, from the same batch).
 
     Raises :class:`~lowrank_online.DecompositionError` when an inverse cannot be computed; the
     caller keeps the old state.
@@ -150,7 +179,9 @@ def update(state: FactorState, X: Any, k: int, spec: FactorSpec, config: Curvatu
     if spec._replace(kind=kind).keep_dense(config):
         batch = (X.T @ X) / n
         dense = batch if first else config.decay * dense + (1.0 - config.decay) * batch
-    if kind == "brand":
+    if not decompose:
+        pass
+    elif kind == "brand":
         if first and config.bkfac_init == "reigh":
             L, Q = _dense_inverse(spec, "reigh", dense, k, config, xp)
             n_brand = 1

@@ -54,6 +54,15 @@ class MethodSpec(NamedTuple):
     paper: str = ""
 
     @property
+    def parts(self) -> tuple[str, ...]:
+        """The independently computed decompositions of a layer (what
+        :meth:`~lowrank_online.curvature.KFACPreconditioner.decompose` can compute on one process
+        for the others): each K-factor of the K-FAC family (``"A"``, ``"G"``); EKFAC's eigenbasis
+        with its scalings (``"eigenbasis"``); the whole state for the other families
+        (``"state"``)."""
+        return {"kfac": ("A", "G"), "ekfac": ("eigenbasis",)}.get(self.family, ("state",))
+
+    @property
     def reads_batch_gradient(self) -> bool:
         """Whether the method's statistic is the batch gradient ``g^T a / N`` of the rows it is fed
         (EKFAC-ra), so that their scale must be the gradient's, not the factors'."""
