@@ -10,6 +10,12 @@ Core (paper 001, Puiu "Brand New K-FACs"):
 * :class:`LowRankEMA` -- exponential-average tracker with B-updates, RSVD refresh and light
   correction;
 * :func:`save_state` / :func:`load_state` -- npz checkpoints without pickle.
+
+Built on the core:
+
+* :class:`StreamingPCA` -- scikit-learn's ``IncrementalPCA`` estimator by Brand updates, with
+  optional forgetting, on every backend and on Dask (imported on first use, so that
+  ``import lowrank_online`` does not import scikit-learn).
 """
 
 from ._linalg import DecompositionError
@@ -44,6 +50,17 @@ from .solve import damped_solve
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # StreamingPCA subclasses scikit-learn's BaseEstimator when scikit-learn is installed;
+    # importing sklearn.base costs about 0.8 s, so the module loads on first access only.
+    if name == "StreamingPCA":
+        from .pca import StreamingPCA
+
+        return StreamingPCA
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DecompositionError",
     "EighResult",
@@ -54,6 +71,7 @@ __all__ = [
     "REighResult",
     "RSVDResult",
     "SVDResult",
+    "StreamingPCA",
     "damped_solve",
     "eigh_update",
     "load_state",

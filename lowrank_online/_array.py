@@ -126,6 +126,18 @@ def align_tall(*named: tuple, xp: Any) -> tuple[Any, ...]:
     return _dask.align_tall(named)
 
 
+def one_chunk(x: Any, axis: int, xp: Any) -> Any:
+    """``x`` with its dimension ``axis`` in a single chunk.
+
+    The identity in memory. On a lazy namespace a short dimension split into several chunks
+    (the samples of a wide batch whose features are chunked) is merged, one pass over ``x``;
+    the algorithms then see tall arrays whose other dimension is one chunk, as they require.
+    """
+    if not is_lazy(xp) or len(x.chunks[axis]) <= 1:
+        return x
+    return x.rechunk({axis: -1})
+
+
 def column_signs(V: Any, xp: Any) -> Any:
     """The library's sign convention: +1 for a column whose largest-magnitude entry is
     positive (``max >= -min``, ties towards +), else -1."""

@@ -133,6 +133,7 @@ SECTIONS: dict[str, str | Callable[[bool], str]] = {
     "core": online_core,
     "randomized": randomized,
     "solve": solves,
+    "pca": "lowrank_online._pca_demo:section",
     "kronecker": "lowrank_online.kronecker._demo:report",
     "dask": "lowrank_online._dask_demo:section",
     "training": training,

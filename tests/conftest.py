@@ -54,6 +54,28 @@ def _namespace(name: str):
 BACKENDS = ["numpy", "array_api_strict", "torch", "cupy"]
 
 
+@pytest.fixture(scope="session")
+def client():
+    """The Dask tests' cluster: two worker processes with one thread each (the 2-core machine of
+    the issue), started once per session and shared by every test file that asks for it."""
+    import logging
+
+    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("dask.array")
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.CRITICAL,
+        memory_limit="1GiB",
+    )
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
 @pytest.fixture(autouse=True)
 def _torch_single_thread():
     """Run every test with one PyTorch thread, restoring the setting afterwards.

@@ -9,7 +9,6 @@ resume, and the bad inputs of issue 7.
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -43,21 +42,8 @@ from lowrank_online.bench_dask import _scheduler_tasks, _worker_memory  # noqa: 
 CHUNK = 96  # rows per block: several blocks, and a ragged last one
 
 
-@pytest.fixture(scope="session")
-def client():
-    """Two worker processes with one thread each: the 2-core machine of the issue."""
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.CRITICAL,
-        memory_limit="1GiB",
-    )
-    client = distributed.Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
+# The ``client`` fixture (a LocalCluster of 2 worker processes, 1 thread each) lives in
+# conftest.py: test_pca.py runs its Dask tests on the same cluster.
 
 
 # --------------------------------------------------------------------------------------------
