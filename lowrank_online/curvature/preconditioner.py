@@ -30,6 +30,7 @@ from .. import _array, _linalg
 from . import _legacy, _state, registry
 from .config import CurvatureConfig
 from .damping import Damping
+from .factors import Gram, map_statistics
 from .families import Family, LayerShape, build
 
 __all__ = ["KFACPreconditioner", "LayerState", "kl_clip_scale"]
@@ -299,6 +300,8 @@ class KFACPreconditioner:
     def _check_stats(self, layer: str, a: Any, g: Any) -> Any:
         if not isinstance(layer, str):
             raise TypeError(f"`layer` must be a string, got {type(layer).__name__}")
+        if isinstance(a, Gram) or isinstance(g, Gram):
+            return self._check_grams(layer, a, g)
         xp = _array.namespace(("a", a), ("g", g))
         _array.check_detached(a, "a")
         _array.check_detached(g, "g")
@@ -319,6 +322,35 @@ class KFACPreconditioner:
                     f"layer {layer!r} has d_in={known.d_a}, d_out={known.d_g}; got `a` with {a.shape[1]} "
                     f"columns and `g` with {g.shape[1]}"
                 )
+        return xp
+
+    def _check_grams(self, layer: str, a: Any, g: Any) -> Any:
+        """Statistics given as :class:`~lowrank_online.curvature.factors.Gram` factors."""
+        if not (isinstance(a, Gram) and isinstance(g, Gram)):
+            raise TypeError("`a` and `g` must both be rows or both be Gram factors, got "
+                            f"{type(a).__name__} and {type(g).__name__}")
+        spec = registry.lookup(self.config.method_of(layer))
+        if spec.family != "kfac" or any(kind not in ("eigh", "reigh") for kind in spec.kinds):
+            raise ValueError(f"layer {layer!r} ({self.config.method_of(layer)}) needs the rows of its statistics: "
+                             "only methods whose factors are all dense (kfac, rkfac) take Gram factors")
+        xp = _array.namespace(("a.matrix", a.matrix), ("g.matrix", g.matrix))
+        for what, x in (("a", a), ("g", g)):
+            _array.check_detached(x.matrix, f"{what}.matrix")
+            _array.check_array(x.matrix, f"{what}.matrix", xp, ndim=2)
+            if x.matrix.shape[0] != x.matrix.shape[1]:
+                raise ValueError(f"`{what}.matrix` must be square, got shape {tuple(x.matrix.shape)}")
+            _array.check_int(x.rows, f"{what}.rows")
+        _array.same_device(("a.matrix", a.matrix), ("g.matrix", g.matrix))
+        if a.rows != g.rows:
+            raise ValueError(f"`a` has {a.rows} rows but `g` has {g.rows}; both count the samples of one batch")
+        if a.matrix.dtype != g.matrix.dtype:
+            raise TypeError(f"`a.matrix` has dtype {a.matrix.dtype} but `g.matrix` has {g.matrix.dtype}")
+        known = self._layers.get(layer)
+        if known is not None:
+            self._check_known(layer, known, xp, a.matrix, "statistics")
+            if (a.matrix.shape[1], g.matrix.shape[1]) != (known.d_a, known.d_g):
+                raise ValueError(f"layer {layer!r} has d_in={known.d_a}, d_out={known.d_g}; got Gram factors of "
+                                 f"widths {a.matrix.shape[1]} and {g.matrix.shape[1]}")
         return xp
 
     @staticmethod
@@ -371,6 +403,11 @@ class KFACPreconditioner:
         computed as usual, so processes that feed the same statistics and install the same
         entries hold bit-identical states. Only parts that :meth:`decompositions_due` lists can
         be given; entries are validated like a checkpoint (``ValueError`` naming the entry).
+
+        For the methods whose factors are all dense (kfac, rkfac), ``a`` and ``g`` may instead
+        be :class:`~lowrank_online.curvature.Gram` factors ``Gram(a^T a / N, N)`` and
+        ``Gram(g^T g / N, N)``: the update is then the one of those rows (up to rounding),
+        which is what data-parallel processes can sum instead of gathering rows.
         """
         xp = self._check_stats(layer, a, g)
         self._check_schedules(self.steps)
@@ -456,9 +493,10 @@ class KFACPreconditioner:
         known = self._layers.get(layer)
         if known is None:
             method = self.config.method_of(layer)
-            shape = LayerShape(len(self._layers), int(a.shape[1]), int(g.shape[1]), xp, _array.device(a))
+            a_, g_ = (x.matrix if isinstance(x, Gram) else x for x in (a, g))
+            shape = LayerShape(len(self._layers), int(a_.shape[1]), int(g_.shape[1]), xp, _array.device(a_))
             family = build(self.config, registry.lookup(method), shape)
-            known = _Layer(method, shape.index, shape.d_a, shape.d_g, xp, shape.device, a.dtype, family, None)
+            known = _Layer(method, shape.index, shape.d_a, shape.d_g, xp, shape.device, a_.dtype, family, None)
         return known
 
     def _due_parts(self, known: _Layer) -> tuple[str, ...]:
@@ -501,7 +539,8 @@ class KFACPreconditioner:
 
             state64 = None if known.state is None else _state.map_arrays(known.state, up)
             given64 = {p: _state.map_arrays(v, up) for p, v in given.items()}
-            new64, reason64 = self._attempt(known, state64, up(a), up(g), compute, given64)
+            new64, reason64 = self._attempt(known, state64, map_statistics(a, up), map_statistics(g, up), compute,
+                                            given64)
             if new64 is not None:
                 new = _state.map_arrays(new64, lambda x: _array.astype(x, xp.float32, xp))
                 if not _state.all_finite(new, xp):

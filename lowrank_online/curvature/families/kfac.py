@@ -33,7 +33,7 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
         return factors.choose_kind(config, d, n, step) if declared == "by-cost" else declared
 
     def init(a: Any, g: Any, step: int, compute: Any = None) -> KFACState:
-        n = a.shape[0]
+        n = a.rows if isinstance(a, factors.Gram) else a.shape[0]
         empty = KFACState(factors.empty_state(_kind(method.kinds[0], d_a, n, step)),
                           factors.empty_state(_kind(method.kinds[1], d_g, n, step)))
         return update(empty, a, g, step, compute)
