@@ -76,8 +76,9 @@ def _batch(step: int, dtype: torch.dtype, d_in: int = 6, classes: int = 3) -> tu
     return torch.randn(BATCH, d_in, generator=gen, dtype=dtype), torch.randint(0, classes, (BATCH,), generator=gen)
 
 
-def _options(method: str) -> dict:
-    return dict(method=method, fisher="empirical", T_updt=1, T_inv=2, rank=3, damping=0.1, seed=3)
+def _options(method: str, **extra) -> dict:
+    return {"method": method, "fisher": "empirical", "T_updt": 1, "T_inv": 2, "rank": 3, "damping": 0.1, "seed": 3,
+            **extra}
 
 
 def _shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
@@ -101,10 +102,10 @@ def _train_step(model: nn.Module, kfac: KFAC, x: torch.Tensor, y: torch.Tensor, 
 
 
 def _compare(method: str, dtype: torch.dtype, rank: int, world: int, steps: int = 3, layers: int = 3,
-             dist_options: Distributed | None = None, **extra) -> dict:
+             dist_options: Distributed | None = None, extra: dict | None = None) -> dict:
     """Preconditioned gradients of the distributed run and of one process on the whole batch."""
     ref_model, model = _model(dtype, layers), _model(dtype, layers)
-    opts = {**_options(method), **extra}
+    opts = _options(method, **(extra or {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = KFAC(ref_model, **opts)
@@ -139,6 +140,10 @@ def _scenario_two(rank: int, world: int, folder: str) -> dict:
             out[(method, str(dtype))] = _compare(method, dtype, rank, world)
     out["kfac-rows"] = _compare("kfac", torch.float64, rank, world, dist_options=Distributed(statistics="rows"))
     out["rkfac-gram"] = _compare("rkfac", torch.float64, rank, world, dist_options=Distributed(statistics="gram"))
+    # a randomized EVD that is not exact (no oversampling, no power iteration): the owners must
+    # draw with the seeds of the single process (the layers' indices in the model's order)
+    out["rkfac-sketch"] = _compare("rkfac", torch.float64, rank, world,
+                                   extra={"rank": 2, "oversample": 0, "n_iter": 0})
     out["kfac-workers"] = _compare("kfac", torch.float64, rank, world,
                                    dist_options=Distributed(grad_worker_fraction=0.5))
     out["bkfac-bf16"] = _compare("bkfac", torch.float32, rank, world, dist_options=Distributed(comm_dtype=torch.bfloat16))
@@ -272,7 +277,7 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(two, method, 
     _same(results[0][(method, dtype)]["state"], results[1][(method, dtype)]["state"])
 
 
-@pytest.mark.parametrize("variant", ["kfac-rows", "rkfac-gram", "kfac-workers", "bkfac-sync"])
+@pytest.mark.parametrize("variant", ["kfac-rows", "rkfac-gram", "rkfac-sketch", "kfac-workers", "bkfac-sync"])
 def test_options_keep_the_single_process_result(two, variant):
     _, results = two
     for res in results:

@@ -270,6 +270,10 @@ class KFACPreconditioner:
         self._failures: dict[str, int] = {}  # consecutive failures per layer
         self._damping_scale = 1.0
         self._layers: dict[str, _Layer] = {}
+        # Index (the seed of a layer's randomized decompositions) of layers named before their
+        # first update, in the order they were first named: a decomposition computed ahead of the
+        # update (decompose) then draws what the update would draw.
+        self._reserved: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"KFACPreconditioner({self.config.method!r}, layers={list(self._layers)}, steps={self.steps})"
@@ -419,6 +423,7 @@ class KFACPreconditioner:
             self._failed(layer, reason)
             return
         self._failures.pop(layer, None)
+        self._reserved.pop(layer, None)
         self._layers[layer] = known._replace(state=new)
 
     def decompositions_due(self, layer: str) -> tuple[str, ...]:
@@ -429,13 +434,24 @@ class KFACPreconditioner:
         (``"A"``, ``"G"``) for the K-FAC family, ``"eigenbasis"`` for EKFAC, ``"state"`` (the
         whole update) for the other families. A due part is an EVD or randomized EVD every
         ``T_inv`` steps, a B-update every ``T_brand`` steps.
+
+        A layer without statistics gets its index here (the seed of its randomized
+        decompositions), in the order layers are first named: processes that name their layers
+        in the same order before they :meth:`decompose` any of them draw the same numbers as
+        one process feeding them in that order.
         """
         if not isinstance(layer, str):
             raise TypeError(f"`layer` must be a string, got {type(layer).__name__}")
         known = self._layers.get(layer)
         if known is None:
+            self._index_of(layer)
             return registry.lookup(self.config.method_of(layer)).parts
         return self._due_parts(known)
+
+    def _index_of(self, layer: str) -> int:
+        if layer not in self._reserved:
+            self._reserved[layer] = len(self._layers) + len(self._reserved)
+        return self._reserved[layer]
 
     def decompose(self, layer: str, a: Any, g: Any, parts: Any = None) -> dict[str, Any]:
         """Compute the decompositions that :meth:`update` with the same statistics would compute
@@ -494,7 +510,7 @@ class KFACPreconditioner:
         if known is None:
             method = self.config.method_of(layer)
             a_, g_ = (x.matrix if isinstance(x, Gram) else x for x in (a, g))
-            shape = LayerShape(len(self._layers), int(a_.shape[1]), int(g_.shape[1]), xp, _array.device(a_))
+            shape = LayerShape(self._index_of(layer), int(a_.shape[1]), int(g_.shape[1]), xp, _array.device(a_))
             family = build(self.config, registry.lookup(method), shape)
             known = _Layer(method, shape.index, shape.d_a, shape.d_g, xp, shape.device, a_.dtype, family, None)
         return known
@@ -774,6 +790,7 @@ class KFACPreconditioner:
         skipped = {str(k): _state._integer(v, f"skipped_updates/{k}")
                    for k, v in dict(state.get("skipped_updates", {})).items()}
         self._layers, self.steps, self._damping_scale, self.skipped_updates = layers, steps, scale, skipped
+        self._reserved = {}
 
     def _restore(self, name: str, saved: Any, xp: Any, device: Any) -> _Layer:
         where = f"layers/{name}"

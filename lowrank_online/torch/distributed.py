@@ -117,6 +117,7 @@ class StepReport(NamedTuple):
     part): rank}`` of the decompositions computed this step. ``idle_ranks``: processes that
     computed none of them (0 when none was due). ``failed``: ``{(layer, part): message}``.
     ``seconds``: wall time of the step's curvature work on this process.
+    ``statistics_bytes``: the part of ``bytes`` that is the counts and the statistics.
     """
 
     step: int
@@ -125,6 +126,7 @@ class StepReport(NamedTuple):
     idle_ranks: int
     failed: dict[tuple[str, str], str]
     seconds: float
+    statistics_bytes: int = 0
 
 
 def assign_owners(costs: list[float], world_size: int) -> list[int]:
@@ -258,6 +260,7 @@ class Session:
                 continue
             pending[name] = self._exchange(name, rows_per_rank, terms, work)
         work.wait()
+        exchanged = self.bytes
         skipped = []
         for name, finish in pending.items():
             a, g = finish()
@@ -277,7 +280,8 @@ class Session:
             warnings.warn(f"KFAC: the statistics of {skipped} at step {pre.steps} are not finite (fp16 overflow?); "
                           "their curvature update is skipped and their curvature kept", RuntimeWarning, stacklevel=4)
         report = self.report
-        self.report = report._replace(bytes=self.bytes, seconds=time.perf_counter() - start)
+        self.report = report._replace(bytes=self.bytes, seconds=time.perf_counter() - start,
+                                      statistics_bytes=exchanged)
 
     def _uses_gram(self, name: str, rows: int) -> bool:
         spec = registry.lookup(self.kfac._pre.method_of(name))
