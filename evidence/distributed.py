@@ -24,22 +24,22 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse
-import datetime
-import pickle
-import socket
-import statistics
-import sys
-import tempfile
-import time
-import warnings
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import pickle  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
 
-import torch
-import torch.distributed as dist
-from _publish import publish
-from torch import nn
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch import nn  # noqa: E402
 
-from lowrank_online.torch import KFAC
+from _publish import publish  # noqa: E402
+from lowrank_online.torch import KFAC  # noqa: E402
 
 METHODS = ("kfac", "rkfac", "bkfac", "ekfac")
 
@@ -160,9 +160,10 @@ def _table(rows: list[dict], args: argparse.Namespace) -> str:
              f"{r['diff']:.1e}"] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     rule = "  ".join("=" * w for w in widths)
-    lines = [f"MLP {args.d_in}-{args.width}-{args.width}-10, float32, global batch {args.batch}, rank {args.rank}, "
+    title = (f"MLP {args.d_in}-{args.width}-{args.width}-10, float32, global batch {args.batch}, rank {args.rank}, "
              f"T_updt = T_inv = 1; 2 gloo processes x 1 thread vs 1 process x 2 threads, {args.steps} timed steps "
-             f"(python evidence/distributed.py).", "", rule, "  ".join(h.ljust(w) for h, w in zip(head, widths)), rule]
+             "(python evidence/distributed.py).")
+    lines = [title, "", rule, "  ".join(h.ljust(w) for h, w in zip(head, widths)), rule]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
     lines.append(rule)
     return "\n".join(lines) + "\n"

@@ -371,3 +371,28 @@ def test_kfac_distributed_needs_a_process_group():
         KFAC(model, "kfac", distributed=True)
     with pytest.raises(TypeError, match="distributed"):
         KFAC(model, "kfac", distributed="yes")
+
+
+# ---------------------------------------------------------------------------- the scripts
+def _run_script(*args: str, timeout: int = 120) -> str:
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, *args], cwd=root, capture_output=True, text=True, timeout=timeout, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_torch_distributed_example_runs():
+    out = _run_script("examples/torch_distributed.py", "--steps", "12")
+    assert "identical curvature on all 2 processes: True" in out
+    losses = [float(line.split()[3]) for line in out.splitlines() if line.startswith("step")]
+    assert losses[-1] < losses[0]
+
+
+def test_distributed_evidence_quick():
+    out = _run_script("evidence/distributed.py", "--quick", "--methods", "kfac", "bkfac")
+    assert "bytes/step" in out and "idle ranks/step" in out and "bkfac" in out
