@@ -334,7 +334,7 @@ class KFACPreconditioner:
             raise TypeError("`a` and `g` must both be rows or both be Gram factors, got "
                             f"{type(a).__name__} and {type(g).__name__}")
         spec = registry.lookup(self.config.method_of(layer))
-        if spec.family != "kfac" or any(kind not in ("eigh", "reigh") for kind in spec.kinds):
+        if not spec.takes_gram:
             raise ValueError(f"layer {layer!r} ({self.config.method_of(layer)}) needs the rows of its statistics: "
                              "only methods whose factors are all dense (kfac, rkfac) take Gram factors")
         xp = _array.namespace(("a.matrix", a.matrix), ("g.matrix", g.matrix))

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Distributed", "StepReport", "assign_owners"]
 
-STATISTICS = ("auto", "rows", "gram")
+STATISTICS = ("rows", "gram")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +66,11 @@ class Distributed:
         ``torch.bfloat16`` (half the bytes; every process, the sender included, then uses the
         rounded statistics, so the factors stay identical). Decompositions always travel in the
         factors' dtype (eigenvectors rounded to bf16 are not orthonormal).
-    statistics : {"auto", "rows", "gram"}
-        What travels for the methods that can take either: ``"auto"`` (default) picks the
-        fewer bytes per layer, ``N (d_a + d_g)`` rows against ``d_a^2 + d_g^2`` Gram entries;
-        ``"gram"`` forces the Gram all-reduce for them, ``"rows"`` the all-gather. Methods
-        that need rows always gather rows.
+    statistics : {None, "rows", "gram"}
+        What travels for the methods that can take either (kfac, rkfac): None (default) picks
+        the fewer bytes per layer, ``N (d_a + d_g)`` rows against ``d_a^2 + d_g^2`` Gram
+        entries; ``"gram"`` forces the Gram all-reduce for them, ``"rows"`` the all-gather.
+        Methods that need rows always gather rows.
     async_op : bool
         Issue each step's collectives together as asynchronous work and wait once (default
         True); False waits on each one (for debugging).
@@ -85,13 +85,13 @@ class Distributed:
     >>> import torch
     >>> from lowrank_online.torch import Distributed
     >>> Distributed(grad_worker_fraction=0.5, comm_dtype=torch.bfloat16)
-    Distributed(group=None, grad_worker_fraction=0.5, comm_dtype=torch.bfloat16, statistics='auto', async_op=True)
+    Distributed(group=None, grad_worker_fraction=0.5, comm_dtype=torch.bfloat16, statistics=None, async_op=True)
     """
 
     group: Any = None
     grad_worker_fraction: float = 1.0
     comm_dtype: torch.dtype | None = None
-    statistics: str = "auto"
+    statistics: str | None = None
     async_op: bool = True
 
     def __post_init__(self) -> None:
@@ -102,8 +102,8 @@ class Distributed:
         if self.comm_dtype is not None and self.comm_dtype not in (torch.float32, torch.float64, torch.bfloat16):
             raise TypeError(f"`comm_dtype` must be None, torch.float32, torch.float64 or torch.bfloat16, "
                             f"got {self.comm_dtype}")
-        if self.statistics not in STATISTICS:
-            raise ValueError(f"`statistics` must be one of {STATISTICS}, got {self.statistics!r}")
+        if self.statistics is not None and self.statistics not in STATISTICS:
+            raise ValueError(f"`statistics` must be None or one of {STATISTICS}, got {self.statistics!r}")
         if not isinstance(self.async_op, bool):
             raise TypeError(f"`async_op` must be a bool, got {type(self.async_op).__name__}")
 
@@ -285,9 +285,9 @@ class Session:
 
     def _uses_gram(self, name: str, rows: int) -> bool:
         spec = registry.lookup(self.kfac._pre.method_of(name))
-        if spec.family != "kfac" or any(k not in ("eigh", "reigh") for k in spec.kinds):
+        if not spec.takes_gram:
             return False
-        if self.options.statistics != "auto":
+        if self.options.statistics is not None:
             return self.options.statistics == "gram"
         d_a, d_g = _widths(self.kfac._adapters[name])
         return d_a * d_a + d_g * d_g < rows * (d_a + d_g)
