@@ -14,7 +14,8 @@ layers and preconditions gradients, on any array-API backend. Inside:
 """
 
 from .config import CurvatureConfig
+from .factors import Gram
 from .preconditioner import KFACPreconditioner, LayerState, kl_clip_scale
 from .registry import METHODS, MethodSpec
 
-__all__ = ["METHODS", "CurvatureConfig", "KFACPreconditioner", "LayerState", "MethodSpec", "kl_clip_scale"]
+__all__ = ["METHODS", "CurvatureConfig", "Gram", "KFACPreconditioner", "LayerState", "MethodSpec", "kl_clip_scale"]

@@ -71,11 +71,13 @@ def _parts(hint: Any) -> tuple[Any, bool]:
     return hint, hint is Any
 
 
-def from_dict(cls: type, saved: Any, *, xp: Any, device: Any, dtype: Any, where: str) -> Any:
+def from_dict(cls: type, saved: Any, *, xp: Any, device: Any, dtype: Any, where: str, copy: bool = True) -> Any:
     """Rebuild a ``cls`` from :func:`to_dict`'s output (possibly loaded from npz).
 
     Arrays are moved to ``xp`` on ``device`` and must be finite floating arrays of ``dtype``;
-    integers must be non-negative. ``where`` prefixes the keys named in errors.
+    integers must be non-negative. ``where`` prefixes the keys named in errors. ``copy=False``
+    keeps arrays that are already in ``xp`` on ``device`` as they are (checked there, with no
+    round trip through the host: a state received from another process every step).
     """
     if not isinstance(saved, dict):
         raise ValueError(f"checkpoint entry {where!r} must be a group of entries, got {type(saved).__name__}")
@@ -94,7 +96,7 @@ def from_dict(cls: type, saved: Any, *, xp: Any, device: Any, dtype: Any, where:
             continue
         value = saved[name]
         if isinstance(kind, type) and issubclass(kind, tuple) and hasattr(kind, "_fields"):
-            values[name] = from_dict(kind, value, xp=xp, device=device, dtype=dtype, where=key)
+            values[name] = from_dict(kind, value, xp=xp, device=device, dtype=dtype, where=key, copy=copy)
         elif kind is int:
             values[name] = _integer(value, key)
         elif kind is float:
@@ -104,7 +106,7 @@ def from_dict(cls: type, saved: Any, *, xp: Any, device: Any, dtype: Any, where:
                 raise ValueError(f"checkpoint entry {key!r} must be a string, got {value!r}")
             values[name] = value
         else:
-            values[name] = _array_entry(value, key, xp, device, dtype)
+            values[name] = _array_entry(value, key, xp, device, dtype, copy)
     return cls(**values)
 
 
@@ -124,9 +126,16 @@ def _real(value: Any, key: str) -> float:
     return float(value)
 
 
-def _array_entry(value: Any, key: str, xp: Any, device: Any, dtype: Any) -> Any:
+def _array_entry(value: Any, key: str, xp: Any, device: Any, dtype: Any, copy: bool = True) -> Any:
     if not _array.is_array(value):
         raise ValueError(f"checkpoint entry {key!r} must be an array, got {type(value).__name__}")
+    if not copy and _array.namespace((key, value)) is xp and _array.device(value) == device:
+        if value.dtype != dtype:
+            raise ValueError(f"checkpoint entry {key!r} has dtype {_array.dtype_name(value.dtype)}, "
+                             f"expected {_array.dtype_name(dtype)}")
+        if not bool(xp.all(xp.isfinite(value))):
+            raise ValueError(f"checkpoint entry {key!r} contains NaN or infinity")
+        return value
     host = _array.to_numpy(value)
     if host.dtype != np.dtype(_array.dtype_name(dtype)):
         raise ValueError(f"checkpoint entry {key!r} has dtype {host.dtype}, expected {_array.dtype_name(dtype)}")

@@ -63,6 +63,38 @@ class FactorSpec(NamedTuple):
         return self.refresh or self.correct or config.bkfac_init == "reigh"
 
 
+class Gram(NamedTuple):
+    """A batch of statistics given by its factor instead of its rows: ``matrix = X^T X / rows``
+    (``d x d``) for the ``rows x d`` batch ``X``.
+
+    What data-parallel processes can sum (``sum_r X_r^T X_r``) instead of concatenating their
+    rows; the dense kinds (``"eigh"``, ``"reigh"``) need nothing else of the batch
+    (:meth:`KFACPreconditioner.update` takes it for methods whose factors are all dense).
+    """
+
+    matrix: Any
+    rows: int
+
+
+def gram_dtype(x: Any) -> Any:
+    return x.matrix.dtype if isinstance(x, Gram) else x.dtype
+
+
+def map_statistics(x: Any, fn: Any) -> Any:
+    """``fn`` applied to the array of a statistics batch (rows or a :class:`Gram`)."""
+    return Gram(fn(x.matrix), x.rows) if isinstance(x, Gram) else fn(x)
+
+
+class FactorDecomposition(NamedTuple):
+    """What a factor's decomposition writes into its :class:`FactorState`: the held
+    representation and the B-update counter. It is what travels from the process that computes
+    a decomposition to the others (:meth:`KFACPreconditioner.decompose`)."""
+
+    eigenvalues: Any
+    eigenvectors: Any
+    n_brand: int
+
+
 class FactorState(NamedTuple):
     kind: str  # the resolved kind ("by-cost" is resolved at the first update)
     dense: Any  # EA matrix (d x d), or None when the kind does not need it
@@ -102,6 +134,27 @@ def choose_kind(config: CurvatureConfig, d: int, n: int, step: int) -> str:
     return "brand" if per_step_brand <= per_step_reigh else "reigh"
 
 
+def decomposition_flops(kind: str, d: int, n: int, config: CurvatureConfig, step: int) -> float:
+    """Cost of one decomposition of a width-``d`` factor fed ``n`` rows, in flops weighted by the
+    efficiency of each kind of work (the model of :func:`choose_kind`, without the dense EA,
+    which every process computes for itself).
+
+    ``"eigh"``: ``~ 9 d^3``; ``"reigh"``: ``(q + 1) (2 d^2 k + 8 d k^2)``, ``k = r + p``;
+    ``"brand"``: the B-update's ``4 d r n + 4 d n^2 + 2 d (r + n)^2`` (or the wide-increment
+    route's ``2 d^2 (n + r) + 9 d^3``). What :class:`lowrank_online.torch.KFAC` balances
+    between processes when it assigns each decomposition to one of them.
+    """
+    if kind == "eigh":
+        return 9.0 * d**3 / _GEMM_EFFICIENCY["dense"]
+    if kind == "reigh":
+        k = min(config.rank_at(step) + config.oversample_at(step), d)
+        return (config.n_iter + 1) * (2.0 * d * d * k + 8.0 * d * k * k) / _GEMM_EFFICIENCY["dense"]
+    r = min(config.held_rank_at(step), d)
+    if r + n >= DENSE_FRACTION * d:
+        return (2.0 * d * d * (n + r) + 9.0 * d**3) / _GEMM_EFFICIENCY["dense"]
+    return (4.0 * d * r * n + 4.0 * d * n * n + 2.0 * d * (r + n) ** 2) / _GEMM_EFFICIENCY["brand"]
+
+
 def spec(method: MethodSpec, kind: str, seed: tuple[int, ...]) -> FactorSpec:
     return FactorSpec(kind=kind, refresh=method.refresh, correct=method.correct, seed=seed)
 
@@ -136,21 +189,46 @@ def _due(n_stats: int, k: int, period: int) -> bool:
     return n_stats == 0 or k % period == 0
 
 
-def update(state: FactorState, X: Any, k: int, spec: FactorSpec, config: CurvatureConfig, xp: Any) -> FactorState:
+def due(state: FactorState, k: int, config: CurvatureConfig) -> bool:
+    """Whether :func:`update` at step ``k`` recomputes the representation (an EVD, a randomized
+    EVD, or a B-update with its refresh or correction)."""
+    return _due(state.n_stats, k, config.T_brand if state.kind == "brand" else config.T_inv)
+
+
+def decomposition(state: FactorState) -> FactorDecomposition:
+    return FactorDecomposition(state.eigenvalues, state.eigenvectors, state.n_brand)
+
+
+def install(state: FactorState, part: FactorDecomposition) -> FactorState:
+    return state._replace(eigenvalues=part.eigenvalues, eigenvectors=part.eigenvectors, n_brand=part.n_brand)
+
+
+def update(state: FactorState, X: Any, k: int, spec: FactorSpec, config: CurvatureConfig, xp: Any,
+           decompose: bool = True) -> FactorState:
     """Incorporate one statistics batch ``X`` (N x d) at preconditioner step ``k``.
+
+    ``decompose=False`` advances the statistics (the dense EA, the counter) and leaves a
+    representation that :func:`due` says is due undone: the state keeps the previous one until
+    :func:`install` puts in one computed elsewhere (on another process, from the same batch).
+
+    ``X`` may be a :class:`Gram` (the batch's factor) for the dense kinds.
 
     Raises :class:`~lowrank_online.DecompositionError` when an inverse cannot be computed; the
     caller keeps the old state.
     """
-    n, d = X.shape
     first = state.n_stats == 0
     kind = state.kind
+    if isinstance(X, Gram) and kind == "brand":
+        raise ValueError("a B-updated factor needs the rows of its statistics, not their Gram matrix")
+    n, d = (X.rows, X.matrix.shape[0]) if isinstance(X, Gram) else X.shape
     dense, L, Q, n_brand = state.dense, state.eigenvalues, state.eigenvectors, state.n_brand
     old_dense = dense
     if spec._replace(kind=kind).keep_dense(config):
-        batch = (X.T @ X) / n
+        batch = X.matrix if isinstance(X, Gram) else (X.T @ X) / n
         dense = batch if first else config.decay * dense + (1.0 - config.decay) * batch
-    if kind == "brand":
+    if not decompose:
+        pass
+    elif kind == "brand":
         if first and config.bkfac_init == "reigh":
             L, Q = _dense_inverse(spec, "reigh", dense, k, config, xp)
             n_brand = 1

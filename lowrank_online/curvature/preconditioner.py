@@ -30,6 +30,7 @@ from .. import _array, _linalg
 from . import _legacy, _state, registry
 from .config import CurvatureConfig
 from .damping import Damping
+from .factors import Gram, map_statistics
 from .families import Family, LayerShape, build
 
 __all__ = ["KFACPreconditioner", "LayerState", "kl_clip_scale"]
@@ -269,6 +270,10 @@ class KFACPreconditioner:
         self._failures: dict[str, int] = {}  # consecutive failures per layer
         self._damping_scale = 1.0
         self._layers: dict[str, _Layer] = {}
+        # Index (the seed of a layer's randomized decompositions) of layers named before their
+        # first update, in the order they were first named: a decomposition computed ahead of the
+        # update (decompose) then draws what the update would draw.
+        self._reserved: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"KFACPreconditioner({self.config.method!r}, layers={list(self._layers)}, steps={self.steps})"
@@ -299,6 +304,8 @@ class KFACPreconditioner:
     def _check_stats(self, layer: str, a: Any, g: Any) -> Any:
         if not isinstance(layer, str):
             raise TypeError(f"`layer` must be a string, got {type(layer).__name__}")
+        if isinstance(a, Gram) or isinstance(g, Gram):
+            return self._check_grams(layer, a, g)
         xp = _array.namespace(("a", a), ("g", g))
         _array.check_detached(a, "a")
         _array.check_detached(g, "g")
@@ -319,6 +326,35 @@ class KFACPreconditioner:
                     f"layer {layer!r} has d_in={known.d_a}, d_out={known.d_g}; got `a` with {a.shape[1]} "
                     f"columns and `g` with {g.shape[1]}"
                 )
+        return xp
+
+    def _check_grams(self, layer: str, a: Any, g: Any) -> Any:
+        """Statistics given as :class:`~lowrank_online.curvature.factors.Gram` factors."""
+        if not (isinstance(a, Gram) and isinstance(g, Gram)):
+            raise TypeError("`a` and `g` must both be rows or both be Gram factors, got "
+                            f"{type(a).__name__} and {type(g).__name__}")
+        spec = registry.lookup(self.config.method_of(layer))
+        if not spec.takes_gram:
+            raise ValueError(f"layer {layer!r} ({self.config.method_of(layer)}) needs the rows of its statistics: "
+                             "only methods whose factors are all dense (kfac, rkfac) take Gram factors")
+        xp = _array.namespace(("a.matrix", a.matrix), ("g.matrix", g.matrix))
+        for what, x in (("a", a), ("g", g)):
+            _array.check_detached(x.matrix, f"{what}.matrix")
+            _array.check_array(x.matrix, f"{what}.matrix", xp, ndim=2)
+            if x.matrix.shape[0] != x.matrix.shape[1]:
+                raise ValueError(f"`{what}.matrix` must be square, got shape {tuple(x.matrix.shape)}")
+            _array.check_int(x.rows, f"{what}.rows")
+        _array.same_device(("a.matrix", a.matrix), ("g.matrix", g.matrix))
+        if a.rows != g.rows:
+            raise ValueError(f"`a` has {a.rows} rows but `g` has {g.rows}; both count the samples of one batch")
+        if a.matrix.dtype != g.matrix.dtype:
+            raise TypeError(f"`a.matrix` has dtype {a.matrix.dtype} but `g.matrix` has {g.matrix.dtype}")
+        known = self._layers.get(layer)
+        if known is not None:
+            self._check_known(layer, known, xp, a.matrix, "statistics")
+            if (a.matrix.shape[1], g.matrix.shape[1]) != (known.d_a, known.d_g):
+                raise ValueError(f"layer {layer!r} has d_in={known.d_a}, d_out={known.d_g}; got Gram factors of "
+                                 f"widths {a.matrix.shape[1]} and {g.matrix.shape[1]}")
         return xp
 
     @staticmethod
@@ -351,7 +387,7 @@ class KFACPreconditioner:
                              f"got {tuple(grad.shape)}")
 
     # ---------------------------------------------------------------- operations
-    def update(self, layer: str, a: Any, g: Any) -> None:
+    def update(self, layer: str, a: Any, g: Any, *, decompositions: dict[str, Any] | None = None) -> None:
         """Feed one batch of statistics of ``layer``: activations ``a`` (N x d_in, ones column
         included by the caller for a bias) and pre-activation gradients ``g`` (N x d_out).
 
@@ -364,46 +400,191 @@ class KFACPreconditioner:
         ``RuntimeWarning``. After ``max_failures`` consecutive failures of a layer the update
         raises :class:`~lowrank_online.DecompositionError`: a stream that is broken for good
         does not go on silently.
+
+        ``decompositions`` (``{part: entry}``, what :meth:`decompose` returned for the same
+        statistics at the same step, possibly on another process) are installed instead of
+        being computed here. Everything else (the averages, the decompositions not given) is
+        computed as usual, so processes that feed the same statistics and install the same
+        entries hold bit-identical states. Only parts that :meth:`decompositions_due` lists can
+        be given; entries are validated like a checkpoint (``ValueError`` naming the entry).
+
+        For the methods whose factors are all dense (kfac, rkfac), ``a`` and ``g`` may instead
+        be :class:`~lowrank_online.curvature.Gram` factors ``Gram(a^T a / N, N)`` and
+        ``Gram(g^T g / N, N)``: the update is then the one of those rows (up to rounding),
+        which is what data-parallel processes can sum instead of gathering rows.
         """
         xp = self._check_stats(layer, a, g)
         self._check_schedules(self.steps)
+        known = self._known(layer, a, g, xp)
+        given = self._check_decompositions(layer, known, decompositions)
+        compute = None if not given else tuple(p for p in known.family.parts if p not in given)
+        new, reason = self._compute(known, a, g, compute, given)
+        if new is None:
+            self._failed(layer, reason)
+            return
+        self._failures.pop(layer, None)
+        self._reserved.pop(layer, None)
+        self._layers[layer] = known._replace(state=new)
+
+    def decompositions_due(self, layer: str) -> tuple[str, ...]:
+        """The parts of ``layer`` whose decomposition an :meth:`update` at the current step
+        computes (all of them for a layer without statistics yet).
+
+        Parts (:attr:`~lowrank_online.curvature.registry.MethodSpec.parts`): each K-factor
+        (``"A"``, ``"G"``) for the K-FAC family, ``"eigenbasis"`` for EKFAC, ``"state"`` (the
+        whole update) for the other families. A due part is an EVD or randomized EVD every
+        ``T_inv`` steps, a B-update every ``T_brand`` steps.
+
+        A layer without statistics gets its index here (the seed of its randomized
+        decompositions), in the order layers are first named: processes that name their layers
+        in the same order before they :meth:`decompose` any of them draw the same numbers as
+        one process feeding them in that order.
+        """
+        if not isinstance(layer, str):
+            raise TypeError(f"`layer` must be a string, got {type(layer).__name__}")
+        known = self._layers.get(layer)
+        if known is None:
+            self._index_of(layer)
+            return registry.lookup(self.config.method_of(layer)).parts
+        return self._due_parts(known)
+
+    def _index_of(self, layer: str) -> int:
+        if layer not in self._reserved:
+            self._reserved[layer] = len(self._layers) + len(self._reserved)
+        return self._reserved[layer]
+
+    def decompose(self, layer: str, a: Any, g: Any, parts: Any = None) -> dict[str, Any]:
+        """Compute the decompositions that :meth:`update` with the same statistics would compute
+        now, for ``parts`` (default: all), without changing the preconditioner.
+
+        Returns ``{part: entry}`` for the requested parts that are due (see
+        :meth:`decompositions_due`; ``{}`` when none is). An entry is a dict of arrays and
+        numbers (a checkpoint's layout) that ``update(layer, a, g, decompositions=...)``
+        installs, on this process or on another one fed the same statistics: that is how
+        :class:`lowrank_online.torch.KFAC` computes each decomposition on one process only.
+
+        Raises :class:`~lowrank_online.DecompositionError` when the computation fails (after
+        the float64 retry of float32 layers); nothing is counted or changed, so that every
+        process can then take the skip path together (:meth:`skip_update`).
+        """
+        xp = self._check_stats(layer, a, g)
+        self._check_schedules(self.steps)
+        known = self._known(layer, a, g, xp)
+        family = known.family
+        if parts is None:
+            wanted = set(family.parts)
+        else:
+            if isinstance(parts, str):
+                parts = (parts,)
+            try:
+                wanted = set(parts)
+            except TypeError:
+                raise TypeError(f"`parts` must be a collection of part names, got {type(parts).__name__}") from None
+            unknown = sorted(map(str, wanted - set(family.parts)))
+            if unknown:
+                raise ValueError(f"`parts` names {unknown}; layer {layer!r} ({known.method}) has parts {list(family.parts)}")
+        due = self._due_parts(known)
+        compute = tuple(p for p in family.parts if p in wanted and p in due)
+        if not compute:
+            return {}
+        new, reason = self._compute(known, a, g, compute, {})
+        if new is None:
+            raise _linalg.DecompositionError(f"layer {layer!r}: the decomposition of {list(compute)} failed at step "
+                                             f"{self.steps}: {reason}")
+        return {p: _state.to_dict(new if family.extract is None else family.extract(new, p)) for p in compute}
+
+    def skip_update(self, layer: str, reason: str) -> None:
+        """Take the skip path of a failed :meth:`update` for an update that failed elsewhere
+        (a decomposition that another process computes for this one): the state is kept, the
+        skip counted in :attr:`skipped_updates` and towards ``max_failures`` (which then raises
+        :class:`~lowrank_online.DecompositionError`), the first one reported by a warning."""
+        if not isinstance(layer, str):
+            raise TypeError(f"`layer` must be a string, got {type(layer).__name__}")
+        if not isinstance(reason, str):
+            raise TypeError(f"`reason` must be a string, got {type(reason).__name__}")
+        self._failed(layer, reason)
+
+    def _known(self, layer: str, a: Any, g: Any, xp: Any) -> _Layer:
+        """The layer's record, or a new one (no state yet) for its first statistics."""
         known = self._layers.get(layer)
         if known is None:
             method = self.config.method_of(layer)
-            shape = LayerShape(len(self._layers), int(a.shape[1]), int(g.shape[1]), xp, _array.device(a))
+            a_, g_ = (x.matrix if isinstance(x, Gram) else x for x in (a, g))
+            shape = LayerShape(self._index_of(layer), int(a_.shape[1]), int(g_.shape[1]), xp, _array.device(a_))
             family = build(self.config, registry.lookup(method), shape)
-            known = _Layer(method, shape.index, shape.d_a, shape.d_g, xp, shape.device, a.dtype, family, None)
-        new, reason = self._attempt(known, known.state, a, g)
+            known = _Layer(method, shape.index, shape.d_a, shape.d_g, xp, shape.device, a_.dtype, family, None)
+        return known
+
+    def _due_parts(self, known: _Layer) -> tuple[str, ...]:
+        if known.state is None or known.family.due is None:
+            return known.family.parts
+        return known.family.due(known.state, self.steps)
+
+    def _check_decompositions(self, layer: str, known: _Layer, decompositions: Any) -> dict[str, Any]:
+        """The payloads of ``decompositions``, rebuilt and validated before anything is computed."""
+        if decompositions is None:
+            return {}
+        if not isinstance(decompositions, dict):
+            raise TypeError(f"`decompositions` must be a dict {{part: entry}} from decompose(), "
+                            f"got {type(decompositions).__name__}")
+        family = known.family
+        due = self._due_parts(known)
+        out = {}
+        for part, entry in decompositions.items():
+            if part not in family.parts:
+                raise ValueError(f"`decompositions` names part {part!r}; layer {layer!r} ({known.method}) has parts "
+                                 f"{list(family.parts)}")
+            if part not in due:
+                raise ValueError(f"`decompositions[{part!r}]`: the decomposition of {part!r} of layer {layer!r} is not "
+                                 f"due at step {self.steps} (due: {list(due)})")
+            where = f"decompositions/{part}"
+            cls = (family.part_types or {}).get(part, family.state_type)
+            payload = _state.from_dict(cls, entry, xp=known.xp, device=known.device, dtype=known.dtype, where=where,
+                                       copy=False)
+            (family.check_part or (lambda _p, s, w: family.check(s, w)))(part, payload, where)
+            out[part] = payload
+        return out
+
+    def _compute(self, known: _Layer, a: Any, g: Any, compute: Any, given: dict[str, Any]) -> tuple[Any, str]:
+        """The new state (or None and why), retried in float64 for a float32 layer."""
+        xp = known.xp
+        new, reason = self._attempt(known, known.state, a, g, compute, given)
         if new is None and _array.is_float32(xp, known.dtype) and _array.core_dtype(xp, known.device) == xp.float64:
             def up(x: Any) -> Any:
                 return _array.astype(x, xp.float64, xp)
 
             state64 = None if known.state is None else _state.map_arrays(known.state, up)
-            new64, reason64 = self._attempt(known, state64, up(a), up(g))
+            given64 = {p: _state.map_arrays(v, up) for p, v in given.items()}
+            new64, reason64 = self._attempt(known, state64, map_statistics(a, up), map_statistics(g, up), compute,
+                                            given64)
             if new64 is not None:
                 new = _state.map_arrays(new64, lambda x: _array.astype(x, xp.float32, xp))
                 if not _state.all_finite(new, xp):
                     new, reason = None, f"{reason}; in float64 the new state does not fit float32"
             else:
                 reason = f"{reason}; in float64: {reason64}"
-        if new is None:
-            self._failed(layer, reason)
-            return
-        self._failures.pop(layer, None)
-        self._layers[layer] = known._replace(state=new)
+        return new, reason
 
-    def _attempt(self, known: _Layer, state: Any, a: Any, g: Any) -> tuple[Any, str]:
+    def _attempt(self, known: _Layer, state: Any, a: Any, g: Any, compute: Any = None,
+                 given: dict[str, Any] | None = None) -> tuple[Any, str]:
         """``(new state, "")``, or ``(None, why)`` when the computation failed numerically.
 
         Overflow is detected on the result (a non-finite state), so NumPy's floating-point
         warnings about it are silenced here (the other namespaces do not warn).
         """
+        family = known.family
+        given = given or {}
         try:
             with _array.quiet_floating_point():
-                if state is None:
-                    new = known.family.init(a, g, self.steps)
+                if family.install is None and "state" in given:
+                    new = given["state"]  # the whole update was computed elsewhere
                 else:
-                    new = known.family.update(state, a, g, self.steps)
+                    if state is None:
+                        new = family.init(a, g, self.steps, compute=compute)
+                    else:
+                        new = family.update(state, a, g, self.steps, compute=compute)
+                    for part, payload in given.items():
+                        new = family.install(new, part, payload)
         except _linalg._LINALG_ERRORS as err:
             return None, str(err) or type(err).__name__
         if not _state.all_finite(new, known.xp):
@@ -609,6 +790,7 @@ class KFACPreconditioner:
         skipped = {str(k): _state._integer(v, f"skipped_updates/{k}")
                    for k, v in dict(state.get("skipped_updates", {})).items()}
         self._layers, self.steps, self._damping_scale, self.skipped_updates = layers, steps, scale, skipped
+        self._reserved = {}
 
     def _restore(self, name: str, saved: Any, xp: Any, device: Any) -> _Layer:
         where = f"layers/{name}"

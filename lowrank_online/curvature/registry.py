@@ -54,6 +54,22 @@ class MethodSpec(NamedTuple):
     paper: str = ""
 
     @property
+    def parts(self) -> tuple[str, ...]:
+        """The independently computed decompositions of a layer (what
+        :meth:`~lowrank_online.curvature.KFACPreconditioner.decompose` can compute on one process
+        for the others): each K-factor of the K-FAC family (``"A"``, ``"G"``); EKFAC's eigenbasis
+        with its scalings (``"eigenbasis"``); the whole state for the other families
+        (``"state"``)."""
+        return {"kfac": ("A", "G"), "ekfac": ("eigenbasis",)}.get(self.family, ("state",))
+
+    @property
+    def takes_gram(self) -> bool:
+        """Whether every factor is dense (EVD or randomized EVD of the EA): the update then needs
+        only each batch's ``x^T x / N``, a :class:`~lowrank_online.curvature.Gram`, not its rows
+        (kfac, rkfac)."""
+        return self.family == "kfac" and all(kind in ("eigh", "reigh") for kind in self.kinds)
+
+    @property
     def reads_batch_gradient(self) -> bool:
         """Whether the method's statistic is the batch gradient ``g^T a / N`` of the rows it is fed
         (EKFAC-ra), so that their scale must be the gradient's, not the factors'."""

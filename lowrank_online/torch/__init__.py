@@ -8,10 +8,13 @@
     loss.backward(); kfac.step(); opt.step()
 
 :class:`KFACOptimizer` wraps a base ``torch.optim`` optimizer and a :class:`KFAC` in one
-``torch.optim.Optimizer``. Nothing else in the library imports this package.
+``torch.optim.Optimizer``. :class:`Distributed` shares the curvature between the processes
+of a ``torch.distributed`` group (``KFAC(..., distributed=True)``). Nothing else in the library
+imports this package.
 """
 
+from .distributed import Distributed, StepReport, assign_owners
 from .kfac import KFAC
 from .optim import KFACOptimizer
 
-__all__ = ["KFAC", "KFACOptimizer"]
+__all__ = ["KFAC", "Distributed", "KFACOptimizer", "StepReport", "assign_owners"]

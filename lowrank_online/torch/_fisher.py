@@ -83,10 +83,12 @@ def loss_scale(pred: torch.Tensor, spec: LossSpec) -> float:
     return 1.0 / n_terms(pred, spec) if spec.reduction == "mean" else 1.0
 
 
-def generator(device: torch.device, seed: int, step: int, index: int) -> torch.Generator:
-    """A generator derived from (seed, step, forward index): a resumed run draws the same
-    targets as an uninterrupted one without any RNG state in the checkpoint."""
-    state = np.random.SeedSequence([seed, step, index]).generate_state(2, np.uint32)
+def generator(device: torch.device, seed: int, step: int, index: int, rank: int | None = None) -> torch.Generator:
+    """A generator derived from (seed, step, forward index[, rank]): a resumed run draws the same
+    targets as an uninterrupted one without any RNG state in the checkpoint. Data-parallel
+    ranks add their rank, so that their micro-batches do not share one stream of draws."""
+    entropy = [seed, step, index] + ([] if rank is None else [rank])
+    state = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
     return gen

@@ -25,6 +25,7 @@ from torch import nn
 from .. import _array
 from ..curvature import METHODS, KFACPreconditioner, kl_clip_scale, registry
 from . import _fisher, _layers
+from . import distributed as _distributed
 
 __all__ = ["KFAC"]
 
@@ -146,6 +147,13 @@ class KFAC:
         Seed of the preconditioner's randomized decompositions and of the Monte-Carlo targets
         (derived per step and forward pass, so a resumed run draws what an uninterrupted one
         does).
+    distributed : bool or Distributed, optional
+        Share the curvature between the processes of an initialised ``torch.distributed``
+        group (data parallel, e.g. under ``DistributedDataParallel``): ``True`` or a
+        :class:`~lowrank_online.torch.Distributed` with options. Every process then ends each
+        statistics step with the factors of the concatenated batch of all processes, and each
+        decomposition is computed by one process and broadcast (see ``docs/distributed.rst``).
+        :meth:`step` is then a collective: every process calls it. Default None (one process).
     **options
         Any other option of :class:`~lowrank_online.curvature.KFACPreconditioner` (``rank``,
         ``damping``, ``damping_mode``, ``decay``, ``layer_methods``, ...).
@@ -223,6 +231,7 @@ class KFAC:
         max_embedding_size: int = 4096,
         keep_statistics: bool = False,
         seed: int = 0,
+        distributed: Any = None,
         **options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -280,6 +289,8 @@ class KFAC:
         self._last: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._predicted: float | None = None  # the last step's predicted loss change (LM)
         self._handles: list[Any] = []
+        dist_options = _distributed.check(distributed)
+        self._dist = None if dist_options is None else _distributed.Session(dist_options, self)
         self._install_hooks()
 
     # ------------------------------------------------------------------ validation
@@ -434,6 +445,14 @@ class KFAC:
     def steps(self) -> int:
         return self._pre.steps
 
+    @property
+    def distributed_report(self) -> _distributed.StepReport | None:
+        """What the last statistics step under ``distributed=`` did: bytes communicated, the owner
+        of each decomposition, the idle processes, failures
+        (:class:`~lowrank_online.torch.StepReport`); None without ``distributed`` or before
+        the first statistics step."""
+        return None if self._dist is None else self._dist.report
+
     def wants_statistics(self) -> bool:
         """True when the forward passes before the next :meth:`step` are captured."""
         return self._pre.wants_statistics()
@@ -545,7 +564,8 @@ class KFAC:
             return
         gen = None
         if self.fisher == "mc":
-            gen = _fisher.generator(pred.device, self.seed, self._pre.steps, len(self._window))
+            gen = _fisher.generator(pred.device, self.seed, self._pre.steps, len(self._window),
+                                    None if self._dist is None else self._dist.rank)
         vs = _fisher.backprop_vectors(pred, self.loss, self.fisher, self.mc_samples, gen)
         inputs: list[torch.Tensor] = []
         for name, chunks in fwd.chunks.items():
@@ -641,22 +661,34 @@ class KFAC:
                           RuntimeWarning, stacklevel=_caller_level())
         self._window = []
 
-    def _rows(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _chunks(self, name: str) -> list[_Chunk]:
+        return [c for fwd in self._window for c in fwd.chunks.get(name, []) if c.g and all(g is not None for g in c.g)]
+
+    def _row_count(self, name: str) -> int:
+        """Rows of the ``(a, g)`` that :meth:`_rows` would build for ``name`` (0: no statistics)."""
+        return sum(len(c.g) * c.a.shape[0] for c in self._chunks(name))
+
+    def _rows(self, name: str, totals: tuple[int, float] | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The ``(a, g)`` of one update from all captured passes of the window.
+
+        ``totals`` (rows of this layer, terms of the loss) of the batch of all processes: the
+        rows are then scaled as that batch's share (data parallel, :mod:`.distributed`).
 
         A layer called ``k`` times has ``k`` chunks per pass (weight sharing across calls,
         "expand"). With ``K`` back-propagated vectors per pass the ``a`` rows are repeated ``K``
         times so that row ``i`` of ``a`` and ``g`` stay one sample's (the per-sample methods
         need the pairs).
         """
-        chunks = [c for fwd in self._window for c in fwd.chunks.get(name, []) if c.g and all(g is not None for g in c.g)]
+        chunks = self._chunks(name)
         if not chunks:
             return None
         terms = sum(fwd.terms for fwd in self._window)
-        c_total = 1.0 / terms if self.loss.reduction == "mean" else 1.0
         K = len(chunks[0].g)
-        w = c_total / K if self.fisher == "mc" else c_total
         rows = sum(K * c.a.shape[0] for c in chunks)
+        if totals is not None:
+            rows, terms = totals
+        c_total = 1.0 / terms if self.loss.reduction == "mean" else 1.0
+        w = c_total / K if self.fisher == "mc" else c_total
         if _reads_batch_gradient(self._pre.method_of(name)):
             # Their statistics also give the batch gradient, g^T a / rows, which must then be the
             # gradient of the loss (sum of w g a^T): the preconditioner's gradient convention
@@ -673,6 +705,12 @@ class KFAC:
         return a, g
 
     def _feed(self) -> None:
+        if self._dist is not None:
+            # a collective: every process takes part on every statistics step, captured or not
+            if self._pre.wants_statistics():
+                self._dist.feed()
+            self._window = []
+            return
         if not self._window:
             return
         pending = self._window
@@ -701,6 +739,7 @@ class KFAC:
     def _precondition(self, lrs: dict[str, float] | None) -> None:
         names, grads, steps = [], [], []
         nonfinite = []
+        workers = None if self._dist is None else self._dist.workers(list(self._adapters))
         for name, adapter in self._adapters.items():
             G = adapter.grad_matrix()
             if G is None:
@@ -717,7 +756,13 @@ class KFAC:
                 continue
             names.append(name)
             grads.append(G)
-            steps.append(self._pre.precondition(name, G))
+            if self._dist is None or self._dist.rank in workers[name]:
+                steps.append(self._pre.precondition(name, G))
+            else:
+                steps.append(None)
+        if self._dist is not None:
+            shared = self._dist.share_steps(names, dict(zip(names, steps)), {n: tuple(g.shape) for n, g in zip(names, grads)})
+            steps = [shared[n] for n in names]
         if nonfinite and self.grad_scaler is None:
             warnings.warn(f"the gradients of {nonfinite} are not finite; they are left unpreconditioned",
                           RuntimeWarning, stacklevel=3)

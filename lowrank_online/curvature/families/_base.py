@@ -42,6 +42,23 @@ class Family(NamedTuple):
         sorted non-negative spectra, counters);
     ``state_type``
         the state's NamedTuple class (checkpoints rebuild it).
+
+    The last five split an update between processes (one computes a decomposition, every
+    process commits it; :meth:`KFACPreconditioner.decompose`). A family that leaves them at
+    their defaults has one part, ``"state"``: its whole update is computed in one place and its
+    whole state travels.
+
+    ``parts``
+        names of the independently computed decompositions of a layer;
+    ``due(state, step) -> tuple``
+        the parts whose decomposition an update at ``step`` recomputes;
+    ``extract(state, part) -> payload`` / ``install(state, part, payload) -> state``
+        a part's decomposition out of a state, and into one whose update deferred it
+        (``init`` / ``update`` take ``compute=``: the parts computed, default all);
+    ``part_types``
+        each part's payload NamedTuple class (a received payload is rebuilt from it);
+    ``check_part(part, payload, where)``
+        ``ValueError`` naming the entry when a received payload does not fit the layer.
     """
 
     init: Callable[..., Any]
@@ -53,3 +70,9 @@ class Family(NamedTuple):
     describe: Callable[..., dict[str, Any]]
     check: Callable[..., None]
     state_type: type
+    parts: tuple[str, ...] = ("state",)
+    due: Callable[..., tuple[str, ...]] | None = None
+    extract: Callable[..., Any] | None = None
+    install: Callable[..., Any] | None = None
+    part_types: dict[str, type] | None = None
+    check_part: Callable[..., None] | None = None

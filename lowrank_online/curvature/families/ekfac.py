@@ -28,19 +28,28 @@ from ...kronecker import ekfac_solve, ekfac_update
 from .. import _state, factors
 from ..config import CurvatureConfig
 from ..damping import Damping, Spectrum, factor_dampings, squared_norm
-from ..factors import FactorState
+from ..factors import FactorDecomposition, FactorState
 from ..factors import check as factor_check
 from ..registry import MethodSpec
 from ._base import Family, LayerShape
 from .pair import ea
 
-__all__ = ["EKFACState"]
+__all__ = ["EKFACState", "EigenbasisPart"]
 
 
 class EKFACState(NamedTuple):
     A: FactorState  # input-side factor and its eigenbasis (kind "eigh")
     G: FactorState  # output-side factor and its eigenbasis
     scalings: Any  # d_g x d_a running average S in the current basis
+
+
+class EigenbasisPart(NamedTuple):
+    """What EKFAC's decomposition step writes: both eigenbases and the scalings in them (one part:
+    the scalings need both bases)."""
+
+    A: FactorDecomposition
+    G: FactorDecomposition
+    scalings: Any
 
 
 def carry_scalings(S: Any, old: tuple[Any, Any], new: tuple[Any, Any]) -> Any:
@@ -55,11 +64,21 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
     specs = {"A": factors.spec(method, "eigh", (config.seed, shape.index, 0)),
              "G": factors.spec(method, "eigh", (config.seed, shape.index, 1))}
 
-    def init(a: Any, g: Any, step: int) -> EKFACState:
+    def init(a: Any, g: Any, step: int, compute: Any = None) -> EKFACState:
         empty = EKFACState(factors.empty_state("eigh"), factors.empty_state("eigh"), None)
-        return update(empty, a, g, step)
+        return update(empty, a, g, step, compute)
 
-    def update(state: EKFACState, a: Any, g: Any, step: int) -> EKFACState:
+    def due(state: EKFACState, step: int) -> tuple[str, ...]:
+        return ("eigenbasis",) if factors.due(state.A, step, config) or factors.due(state.G, step, config) else ()
+
+    def update(state: EKFACState, a: Any, g: Any, step: int, compute: Any = None) -> EKFACState:
+        here = compute is None or "eigenbasis" in compute
+        if not here and due(state, step):
+            # The new bases come from elsewhere, and the scalings live in them: both are
+            # installed together (install); only the factors' averages advance here.
+            return EKFACState(factors.update(state.A, a, step, specs["A"], config, xp, decompose=False),
+                              factors.update(state.G, g, step, specs["G"], config, xp, decompose=False),
+                              state.scalings)
         new_a = factors.update(state.A, a, step, specs["A"], config, xp)
         new_g = factors.update(state.G, g, step, specs["G"], config, xp)
         S = state.scalings
@@ -109,4 +128,21 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
             raise ValueError(f"checkpoint entry '{where}/scalings' must have shape {(d_g, d_a)}")
         _state.check_spectrum(xp.reshape(state.scalings, (-1,)), f"{where}/scalings", sorted_=False)
 
-    return Family(init, update, prepare, dampings, precondition, precondition_factored, describe, check, EKFACState)
+    def extract(state: EKFACState, part: str) -> EigenbasisPart:
+        return EigenbasisPart(factors.decomposition(state.A), factors.decomposition(state.G), state.scalings)
+
+    def install(state: EKFACState, part: str, payload: EigenbasisPart) -> EKFACState:
+        return EKFACState(factors.install(state.A, payload.A), factors.install(state.G, payload.G), payload.scalings)
+
+    def check_part(part: str, payload: EigenbasisPart, where: str) -> None:
+        for side, f, d in (("A", payload.A, d_a), ("G", payload.G, d_g)):
+            if f.eigenvalues is None or tuple(f.eigenvectors.shape) != (d, d):
+                raise ValueError(f"entry '{where}/{side}' must hold a full eigendecomposition of a {d} x {d} factor")
+            _state.check_eigh(f.eigenvalues, f.eigenvectors, d, f"{where}/{side}")
+        if payload.scalings is None or tuple(payload.scalings.shape) != (d_g, d_a):
+            raise ValueError(f"entry '{where}/scalings' must have shape {(d_g, d_a)}")
+        _state.check_spectrum(xp.reshape(payload.scalings, (-1,)), f"{where}/scalings", sorted_=False)
+
+    return Family(init, update, prepare, dampings, precondition, precondition_factored, describe, check, EKFACState,
+                  parts=("eigenbasis",), due=due, extract=extract, install=install,
+                  part_types={"eigenbasis": EigenbasisPart}, check_part=check_part)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .. import factors
+from .. import _state, factors
 from ..config import CurvatureConfig
 from ..damping import Damping, factor_dampings, factored_squared_norm, squared_norm
-from ..factors import FactorState
+from ..factors import FactorDecomposition, FactorState
 from ..factors import check as factor_check
 from ..registry import MethodSpec
 from ._base import Family, LayerShape
@@ -32,16 +32,35 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
     def _kind(declared: str, d: int, n: int, step: int) -> str:
         return factors.choose_kind(config, d, n, step) if declared == "by-cost" else declared
 
-    def init(a: Any, g: Any, step: int) -> KFACState:
-        n = a.shape[0]
+    def init(a: Any, g: Any, step: int, compute: Any = None) -> KFACState:
+        n = a.rows if isinstance(a, factors.Gram) else a.shape[0]
         empty = KFACState(factors.empty_state(_kind(method.kinds[0], d_a, n, step)),
                           factors.empty_state(_kind(method.kinds[1], d_g, n, step)))
-        return update(empty, a, g, step)
+        return update(empty, a, g, step, compute)
 
-    def update(state: KFACState, a: Any, g: Any, step: int) -> KFACState:
-        new_a = factors.update(state.A, a, step, factors.spec(method, state.A.kind, seeds["A"]), config, xp)
-        new_g = factors.update(state.G, g, step, factors.spec(method, state.G.kind, seeds["G"]), config, xp)
+    def update(state: KFACState, a: Any, g: Any, step: int, compute: Any = None) -> KFACState:
+        # The two factors are independent, so each one's decomposition can be computed on its
+        # own process (compute names those done here; the others are installed afterwards).
+        new_a = factors.update(state.A, a, step, factors.spec(method, state.A.kind, seeds["A"]), config, xp,
+                               decompose=compute is None or "A" in compute)
+        new_g = factors.update(state.G, g, step, factors.spec(method, state.G.kind, seeds["G"]), config, xp,
+                               decompose=compute is None or "G" in compute)
         return KFACState(new_a, new_g)
+
+    def due(state: KFACState, step: int) -> tuple[str, ...]:
+        return tuple(side for side, f in (("A", state.A), ("G", state.G)) if factors.due(f, step, config))
+
+    def extract(state: KFACState, part: str) -> FactorDecomposition:
+        return factors.decomposition(getattr(state, part))
+
+    def install(state: KFACState, part: str, payload: FactorDecomposition) -> KFACState:
+        return state._replace(**{part: factors.install(getattr(state, part), payload)})
+
+    def check_part(part: str, payload: FactorDecomposition, where: str) -> None:
+        d = d_a if part == "A" else d_g
+        if payload.eigenvalues is None:
+            raise ValueError(f"entry '{where}/eigenvalues' is missing")
+        _state.check_eigh(payload.eigenvalues, payload.eigenvectors, d, where)
 
     def prepare(state: KFACState, damping: Damping, step: int) -> KFACState:
         return state
@@ -79,4 +98,6 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
         for side, f, d in (("A", state.A, d_a), ("G", state.G, d_g)):
             factor_check(f, d, method.kinds[0 if side == "A" else 1], f"{where}/{side}")
 
-    return Family(init, update, prepare, dampings, precondition, precondition_factored, describe, check, KFACState)
+    return Family(init, update, prepare, dampings, precondition, precondition_factored, describe, check, KFACState,
+                  parts=("A", "G"), due=due, extract=extract, install=install,
+                  part_types={"A": FactorDecomposition, "G": FactorDecomposition}, check_part=check_part)

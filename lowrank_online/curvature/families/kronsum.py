@@ -98,11 +98,11 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
             out += [w[0], xp.sum(w)]
         return xp.stack(out)
 
-    def init(a: Any, g: Any, step: int) -> KronSumState:
+    def init(a: Any, g: Any, step: int, compute: Any = None) -> KronSumState:
         average = _average(None, _batch_sum(None, a, g, step))
         return KronSumState(average, average, _spectra(average), None, 1, 1)
 
-    def update(state: KronSumState, a: Any, g: Any, step: int) -> KronSumState:
+    def update(state: KronSumState, a: Any, g: Any, step: int, compute: Any = None) -> KronSumState:
         average = _average(state.average, _batch_sum(state, a, g, step))
         if step % config.T_inv == 0:
             # the old solver stays (stale, told by its n_inv) as the fallback of the next solve

@@ -83,10 +83,10 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
 
     estimate = {"trace-restricted": _tkfac, "nearest": _kpsvd}[method.estimator]
 
-    def init(a: Any, g: Any, step: int) -> PairState:
+    def init(a: Any, g: Any, step: int, compute: Any = None) -> PairState:
         return update(PairState(None, None, None, None, None, None, None, 0), a, g, step)
 
-    def update(state: PairState, a: Any, g: Any, step: int) -> PairState:
+    def update(state: PairState, a: Any, g: Any, step: int, compute: Any = None) -> PairState:
         delta, left_ea, right_ea, left, right = estimate(state, a, g, step)
         lv, lq, rv, rq = state.left_values, state.left_vectors, state.right_values, state.right_vectors
         if state.n_stats == 0 or step % config.T_inv == 0:

@@ -1,0 +1,500 @@
+"""Data-parallel curvature under ``torch.distributed``: the same factors on every process.
+
+:class:`Distributed` is the option object of ``KFAC(..., distributed=...)``. On each statistics
+step every process of the group ends with the factors of the *concatenated* batch:
+
+* methods whose factors are all dense (kfac, rkfac) all-reduce each layer's ``a^T a`` and
+  ``g^T g`` (a :class:`~lowrank_online.curvature.Gram` each) when that is fewer bytes than the
+  rows, else gather the rows;
+* the other methods (the B-methods, EKFAC, the pair and Kronecker-sum families) need the rows of
+  ``a`` and ``g``: they are all-gathered, so every process feeds exactly the batch a single
+  process would;
+* each due decomposition (a K-factor's EVD, randomized EVD or B-update; EKFAC's eigenbasis; the
+  whole update of the other families) is computed by one owner process, chosen greedily by
+  estimated cost (:func:`assign_owners`), and broadcast to the others, which install it
+  (:meth:`~lowrank_online.curvature.KFACPreconditioner.update` with ``decompositions=``).
+
+A decomposition that fails on its owner is reported to every process, which all take the skip
+path (the previous state is kept everywhere, the skip counted), so no process waits for a
+broadcast that never comes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+
+from .. import _array, _linalg
+from ..curvature import Gram, registry
+from ..curvature import factors as _factors
+
+if TYPE_CHECKING:
+    from .kfac import KFAC
+
+__all__ = ["Distributed", "StepReport", "assign_owners"]
+
+STATISTICS = ("rows", "gram")
+
+
+@dataclasses.dataclass(frozen=True)
+class Distributed:
+    r"""How :class:`~lowrank_online.torch.KFAC` shares its curvature work between the processes
+    of a ``torch.distributed`` group (pass it as ``KFAC(..., distributed=Distributed(...))``;
+    ``distributed=True`` means ``Distributed()``).
+
+    The gradients themselves are not reduced: use ``DistributedDataParallel`` (or all-reduce the
+    ``.grad`` yourself) before :meth:`KFAC.step`, as for any optimizer.
+
+    Parameters
+    ----------
+    group : torch.distributed.ProcessGroup, optional
+        The group (default: the default group, which must be initialised before :class:`KFAC`
+        is built).
+    grad_worker_fraction : float
+        Fraction of the processes that precondition each layer's gradient, in
+        ``[1 / world_size, 1]`` (kfac-pytorch's KAISA knob). ``1`` (default): every process
+        preconditions every gradient itself, no gradient travels. Smaller: each layer's step is
+        computed by ``round(fraction * world_size)`` processes (at least one, assigned by cost)
+        and sent to the others, trading the preconditioning flops of a process for one
+        gradient-sized message per layer. Every process holds every factor either way.
+    comm_dtype : torch.dtype, optional
+        dtype in which the statistics travel: the factors' dtype (default) or
+        ``torch.bfloat16`` (half the bytes; every process, the sender included, then uses the
+        rounded statistics, so the factors stay identical). Decompositions always travel in the
+        factors' dtype (eigenvectors rounded to bf16 are not orthonormal).
+    statistics : {None, "rows", "gram"}
+        What travels for the methods that can take either (kfac, rkfac): None (default) picks
+        the fewer bytes per layer, ``N (d_a + d_g)`` rows against ``d_a^2 + d_g^2`` Gram
+        entries; ``"gram"`` forces the Gram all-reduce for them, ``"rows"`` the all-gather.
+        Methods that need rows always gather rows.
+    async_op : bool
+        Issue each step's collectives together as asynchronous work and wait once (default
+        True); False waits on each one (for debugging).
+
+    Raises
+    ------
+    TypeError, ValueError
+        An option has the wrong type or is out of range; the message names it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_online.torch import Distributed
+    >>> Distributed(grad_worker_fraction=0.5, comm_dtype=torch.bfloat16)
+    Distributed(group=None, grad_worker_fraction=0.5, comm_dtype=torch.bfloat16, statistics=None, async_op=True)
+    """
+
+    group: Any = None
+    grad_worker_fraction: float = 1.0
+    comm_dtype: torch.dtype | None = None
+    statistics: str | None = None
+    async_op: bool = True
+
+    def __post_init__(self) -> None:
+        fraction = _array.check_real(self.grad_worker_fraction, "grad_worker_fraction", low=0.0, low_open=True)
+        if fraction > 1.0:
+            raise ValueError(f"`grad_worker_fraction` must be in (0, 1], got {self.grad_worker_fraction}")
+        object.__setattr__(self, "grad_worker_fraction", fraction)
+        if self.comm_dtype is not None and self.comm_dtype not in (torch.float32, torch.float64, torch.bfloat16):
+            raise TypeError(f"`comm_dtype` must be None, torch.float32, torch.float64 or torch.bfloat16, "
+                            f"got {self.comm_dtype}")
+        if self.statistics is not None and self.statistics not in STATISTICS:
+            raise ValueError(f"`statistics` must be None or one of {STATISTICS}, got {self.statistics!r}")
+        if not isinstance(self.async_op, bool):
+            raise TypeError(f"`async_op` must be a bool, got {type(self.async_op).__name__}")
+
+
+class StepReport(NamedTuple):
+    """What one :meth:`KFAC.step` under :class:`Distributed` did (``KFAC.distributed_report``).
+
+    ``bytes``: payload bytes this process handed to or received from collectives (counts,
+    statistics, decompositions, preconditioned gradients; an all-gather counts the whole
+    gathered buffer, an all-reduce or a broadcast its tensor once). ``owners``: ``{(layer,
+    part): rank}`` of the decompositions computed this step. ``idle_ranks``: processes that
+    computed none of them (0 when none was due). ``failed``: ``{(layer, part): message}``.
+    ``seconds``: wall time of the step's curvature work on this process.
+    ``statistics_bytes``: the part of ``bytes`` that is the counts and the statistics.
+    """
+
+    step: int
+    bytes: int
+    owners: dict[tuple[str, str], int]
+    idle_ranks: int
+    failed: dict[tuple[str, str], str]
+    seconds: float
+    statistics_bytes: int = 0
+
+
+def assign_owners(costs: list[float], world_size: int) -> list[int]:
+    """Owner rank of each task: largest first, each to the least loaded rank (ties: lowest rank).
+
+    The longest-processing-time rule: the busiest rank finishes within 4/3 of the best possible
+    makespan (Graham 1969), where round-robin by layer can put the two widest factors on one
+    rank.
+
+    Examples
+    --------
+    >>> assign_owners([1.0, 8.0, 1.0, 8.0], 2)
+    [0, 0, 1, 1]
+    """
+    world_size = _array.check_int(world_size, "world_size")
+    load = [0.0] * world_size
+    owners = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-float(costs[i]), i)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        owners[i] = r
+        load[r] += float(costs[i])
+    return owners
+
+
+def check(distributed: Any) -> Distributed | None:
+    """The :class:`Distributed` of ``KFAC(distributed=...)``, with an initialised group."""
+    if distributed is None or distributed is False:
+        return None
+    if distributed is True:
+        distributed = Distributed()
+    if not isinstance(distributed, Distributed):
+        raise TypeError(f"`distributed` must be None, a bool or a lowrank_online.torch.Distributed, "
+                        f"got {type(distributed).__name__}")
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("`distributed` needs an initialised torch.distributed process group "
+                         "(torch.distributed.init_process_group) before KFAC is built")
+    return distributed
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class _Work:
+    """The collectives of one phase: issued together (asynchronously), waited on once."""
+
+    def __init__(self, asynchronous: bool) -> None:
+        self.asynchronous = asynchronous
+        self.handles: list[Any] = []
+
+    def add(self, handle: Any) -> None:
+        if handle is None:
+            return
+        if self.asynchronous:
+            self.handles.append(handle)
+        else:
+            handle.wait()
+
+    def wait(self) -> None:
+        for h in self.handles:
+            h.wait()
+        self.handles = []
+
+
+class Session:
+    """The collective side of one :class:`KFAC`: every method is called on every process."""
+
+    def __init__(self, options: Distributed, kfac: KFAC) -> None:
+        dist = torch.distributed
+        self.options = options
+        self.group = options.group
+        self.rank = dist.get_rank(self.group)
+        self.world = dist.get_world_size(self.group)
+        self.kfac = kfac
+        self.bytes = 0
+        self.report: StepReport | None = None
+        devices = {a.module.weight.device for a in kfac._adapters.values()}
+        self.device = devices.pop() if len(devices) == 1 else torch.device("cpu")
+        n_workers = max(1, min(self.world, round(options.grad_worker_fraction * self.world)))
+        self.n_workers = n_workers
+
+    # --------------------------------------------------------------- collectives
+    def _global(self, rank: int) -> int:
+        return rank if self.group is None else torch.distributed.get_global_rank(self.group, rank)
+
+    def all_gather(self, t: torch.Tensor, work: _Work) -> list[torch.Tensor]:
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        self.bytes += _nbytes(t) * self.world
+        work.add(torch.distributed.all_gather(out, t, group=self.group, async_op=work.asynchronous))
+        return out
+
+    def all_reduce(self, t: torch.Tensor, work: _Work) -> torch.Tensor:
+        self.bytes += _nbytes(t)
+        work.add(torch.distributed.all_reduce(t, group=self.group, async_op=work.asynchronous))
+        return t
+
+    def broadcast(self, t: torch.Tensor, src: int, work: _Work) -> torch.Tensor:
+        self.bytes += _nbytes(t)
+        work.add(torch.distributed.broadcast(t, self._global(src), group=self.group, async_op=work.asynchronous))
+        return t
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        import pickle
+
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj, group=self.group)
+        self.bytes += sum(len(pickle.dumps(o)) for o in out)
+        return out
+
+    # --------------------------------------------------------------- statistics step
+    def feed(self) -> None:
+        """The distributed replacement of ``KFAC._feed``: exchange, decompose, install."""
+        kfac = self.kfac
+        pre = kfac._pre
+        start = time.perf_counter()
+        self.bytes = 0
+        names = list(kfac._adapters)
+        # 1. counts: terms of the loss and rows per layer on every process
+        local = [float(sum(fwd.terms for fwd in kfac._window))] + [float(kfac._row_count(n)) for n in names]
+        counts = self.all_gather(torch.tensor(local, dtype=torch.float64), _Work(False))
+        counts = torch.stack(counts)  # world x (1 + layers)
+        terms = float(counts[:, 0].sum())
+        stats: dict[str, tuple[Any, Any]] = {}
+        work = _Work(self.options.async_op)
+        pending: dict[str, Any] = {}
+        for i, name in enumerate(names):
+            rows_per_rank = [int(v) for v in counts[:, 1 + i].tolist()]
+            total = sum(rows_per_rank)
+            if total == 0:
+                continue
+            pending[name] = self._exchange(name, rows_per_rank, terms, work)
+        work.wait()
+        exchanged = self.bytes
+        skipped = []
+        for name, finish in pending.items():
+            a, g = finish()
+            if not (_finite(a) and _finite(g)):
+                skipped.append(name)
+                continue
+            stats[name] = (a, g)
+        kfac._window = []
+        self._decompose_and_install(stats)
+        for name, (a, g) in stats.items():
+            kfac._fed[name] += 1
+            if kfac.keep_statistics:
+                kfac._last[name] = (a, g)
+        if skipped:
+            import warnings
+
+            warnings.warn(f"KFAC: the statistics of {skipped} at step {pre.steps} are not finite (fp16 overflow?); "
+                          "their curvature update is skipped and their curvature kept", RuntimeWarning, stacklevel=4)
+        report = self.report
+        self.report = report._replace(bytes=self.bytes, seconds=time.perf_counter() - start,
+                                      statistics_bytes=exchanged)
+
+    def _uses_gram(self, name: str, rows: int) -> bool:
+        spec = registry.lookup(self.kfac._pre.method_of(name))
+        if not spec.takes_gram:
+            return False
+        if self.options.statistics is not None:
+            return self.options.statistics == "gram"
+        d_a, d_g = _widths(self.kfac._adapters[name])
+        return d_a * d_a + d_g * d_g < rows * (d_a + d_g)
+
+    def _exchange(self, name: str, rows_per_rank: list[int], terms: float, work: _Work) -> Any:
+        """Issue the exchange of one layer's statistics; returns the function that finishes it."""
+        kfac = self.kfac
+        total = sum(rows_per_rank)
+        dt = kfac.factor_dtype
+        comm = self.options.comm_dtype or dt
+        d_a, d_g = _widths(kfac._adapters[name])
+        got = kfac._rows(name, totals=(total, terms))
+        if got is None:
+            a = torch.zeros((0, d_a), dtype=dt, device=self.device)
+            g = torch.zeros((0, d_g), dtype=dt, device=self.device)
+        else:
+            a, g = got
+        if self._uses_gram(name, total):
+            buf = torch.cat([(a.T @ a).reshape(-1), (g.T @ g).reshape(-1)]).to(comm)
+            self.all_reduce(buf, work)
+
+            def finish() -> tuple[Any, Any]:
+                full = buf.to(dt)
+                A = full[: d_a * d_a].reshape(d_a, d_a) / total
+                G = full[d_a * d_a:].reshape(d_g, d_g) / total
+                return Gram(A, total), Gram(G, total)
+
+            return finish
+        most = max(rows_per_rank)
+        buf = torch.zeros((most, d_a + d_g), dtype=comm, device=self.device)
+        n = a.shape[0]
+        buf[:n, :d_a] = a
+        buf[:n, d_a:] = g
+        parts = self.all_gather(buf, work)
+
+        def finish() -> tuple[Any, Any]:
+            rows = torch.cat([p[:r] for p, r in zip(parts, rows_per_rank)]).to(dt)
+            return rows[:, :d_a].contiguous(), rows[:, d_a:].contiguous()
+
+        return finish
+
+    def _slot_cost(self, name: str, part: str, a: Any, g: Any) -> float:
+        pre = self.kfac._pre
+        config = pre.config
+        spec = registry.lookup(pre.method_of(name))
+        n = a.rows if isinstance(a, Gram) else a.shape[0]
+        d_a, d_g = _widths(self.kfac._adapters[name])
+        step = pre.steps
+
+        def side(kind: str, d: int) -> float:
+            if kind == "by-cost":
+                kind = _factors.choose_kind(config, d, n, step)
+            return _factors.decomposition_flops(kind, d, n, config, step)
+
+        if part in ("A", "G"):
+            return side(spec.kinds[0 if part == "A" else 1], d_a if part == "A" else d_g)
+        extra = 2.0 * n * d_a * d_g if part == "eigenbasis" else 0.0
+        return side("eigh", d_a) + side("eigh", d_g) + extra
+
+    def _decompose_and_install(self, stats: dict[str, tuple[Any, Any]]) -> None:
+        pre = self.kfac._pre
+        slots = [(name, part) for name, (a, g) in stats.items() for part in pre.decompositions_due(name)]
+        costs = [self._slot_cost(name, part, *stats[name]) for name, part in slots]
+        owners = assign_owners(costs, self.world) if slots else []
+        owner_of = dict(zip(slots, owners))
+        # 2. the owners compute; a failure is a message instead of an entry
+        mine: dict[str, list[str]] = {}
+        for (name, part), r in owner_of.items():
+            if r == self.rank:
+                mine.setdefault(name, []).append(part)
+        entries: dict[tuple[str, str], Any] = {}
+        local: dict[tuple[str, str], Any] = {}
+        for name, parts in mine.items():
+            a, g = stats[name]
+            try:
+                got = pre.decompose(name, a, g, parts=parts)
+            except _linalg.DecompositionError as err:
+                for p in parts:
+                    local[(name, p)] = ("failed", str(err))
+                continue
+            except Exception as err:  # noqa: BLE001 - reported to every process, then raised everywhere
+                for p in parts:
+                    local[(name, p)] = ("error", f"{type(err).__name__}: {err}")
+                continue
+            for p in parts:
+                spec, arrays = _flatten(got[p])
+                entries[(name, p)] = got[p]
+                local[(name, p)] = ("ok", spec, [tuple(x.shape) for x in arrays])
+        failed: dict[tuple[str, str], str] = {}
+        if slots:
+            # 3. what each owner produced (or why not), then the arrays themselves
+            described: dict[tuple[str, str], Any] = {}
+            for r, theirs in enumerate(self.all_gather_object(local)):
+                for slot, what in theirs.items():
+                    described[slot] = what
+            errors = [f"{slot}: {what[1]} (rank {owner_of[slot]})" for slot, what in described.items()
+                      if what[0] == "error"]
+            if errors:
+                raise RuntimeError("KFAC: a decomposition raised on another process: " + "; ".join(errors))
+            work = _Work(self.options.async_op)
+            buffers = {}
+            for slot in slots:
+                what = described[slot]
+                if what[0] == "failed":
+                    failed[slot] = f"{what[1]} (computed on rank {owner_of[slot]})"
+                    continue
+                size = sum(math.prod(s) for s in what[2])
+                if owner_of[slot] == self.rank:
+                    buf = torch.cat([x.reshape(-1) for x in _flatten(entries[slot])[1]]) if size else \
+                        torch.zeros(0, dtype=self.kfac.factor_dtype, device=self.device)
+                else:
+                    buf = torch.empty(size, dtype=self.kfac.factor_dtype, device=self.device)
+                buffers[slot] = self.broadcast(buf, owner_of[slot], work)
+            work.wait()
+            for slot, buf in buffers.items():
+                if owner_of[slot] != self.rank:
+                    entries[slot] = _unflatten(described[slot][1], described[slot][2], buf)
+        # 4. every process installs the same entries, or takes the skip path together
+        for name, (a, g) in stats.items():
+            parts = [p for (n, p) in slots if n == name]
+            why = [failed[(name, p)] for p in parts if (name, p) in failed]
+            if why:
+                pre.skip_update(name, "; ".join(why))
+                continue
+            given = {p: entries[(name, p)] for p in parts}
+            pre.update(name, a, g, decompositions=given or None)
+        busy = set(owners)
+        self.report = StepReport(pre.steps, 0, owner_of, self.world - len(busy) if slots else 0, failed, 0.0)
+
+    # --------------------------------------------------------------- preconditioning
+    def workers(self, names: list[str]) -> dict[str, list[int]]:
+        """The ranks that precondition each layer (``grad_worker_fraction``), by cost."""
+        if self.n_workers >= self.world:
+            return {n: list(range(self.world)) for n in names}
+        costs = []
+        for n in names:
+            d_a, d_g = _widths(self.kfac._adapters[n])
+            costs.append(float(d_a * d_g * (d_a + d_g)))
+        first = assign_owners(costs, self.world)
+        return {n: [(r + k) % self.world for k in range(self.n_workers)] for n, r in zip(names, first)}
+
+    def share_steps(self, names: list[str], steps: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+        """Send each layer's preconditioned gradient from its workers to the other processes."""
+        if self.n_workers >= self.world or not names:
+            return steps
+        workers = self.workers(names)
+        start = self.bytes
+        ops = []
+        out = dict(steps)
+        for n in names:
+            w = workers[n]
+            others = [r for r in range(self.world) if r not in w]
+            for j, r in enumerate(others):
+                src = w[j % len(w)]
+                if self.rank == src:
+                    ops.append(torch.distributed.P2POp(torch.distributed.isend, steps[n].contiguous(),
+                                                       self._global(r), group=self.group))
+                    self.bytes += _nbytes(steps[n])
+                elif self.rank == r:
+                    out[n] = torch.empty(shapes[n], dtype=self.kfac.factor_dtype, device=self.device)
+                    ops.append(torch.distributed.P2POp(torch.distributed.irecv, out[n], self._global(src),
+                                                       group=self.group))
+                    self.bytes += _nbytes(out[n])
+        if ops:
+            for h in torch.distributed.batch_isend_irecv(ops):
+                h.wait()
+        if self.report is not None:
+            self.report = self.report._replace(bytes=self.report.bytes + self.bytes - start)
+        return out
+
+
+def _finite(x: Any) -> bool:
+    m = x.matrix if isinstance(x, Gram) else x
+    return bool(torch.isfinite(torch.linalg.vector_norm(m)))
+
+
+def _flatten(entry: Any) -> tuple[Any, list[torch.Tensor]]:
+    """A decomposition entry's structure (arrays replaced by their index) and its arrays."""
+    arrays: list[torch.Tensor] = []
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, torch.Tensor):
+            arrays.append(v)
+            return ("array", len(arrays) - 1)
+        return ("value", v)
+
+    return walk(entry), arrays
+
+
+def _unflatten(spec: Any, shapes: list[tuple[int, ...]], buf: torch.Tensor) -> Any:
+    offsets = [0]
+    for s in shapes:
+        offsets.append(offsets[-1] + math.prod(s))
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if v[0] == "array":
+            i = v[1]
+            return buf[offsets[i]:offsets[i + 1]].reshape(shapes[i])
+        return v[1]
+
+    return walk(spec)
+
+
+def _widths(adapter: Any) -> tuple[int, int]:
+    """``(d_a, d_g)`` of a layer: the columns of its ``a`` (ones column included) and ``g``."""
+    return adapter.d_in, adapter.d_out

@@ -1,0 +1,133 @@
+"""KFACPreconditioner.decompose / update(decompositions=) / skip_update: an update split between
+processes (one computes a decomposition, every one installs it) equals the update computed in one
+place, bit for bit, and bad entries are refused before anything changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lowrank_online import DecompositionError
+from lowrank_online.curvature import METHODS, KFACPreconditioner, registry
+from lowrank_online.curvature.families import LayerShape, build
+
+OPTS = dict(rank=3, T_inv=2, T_brand=1, T_rsvd=2, T_corct=2, kron_max_iter=20)
+
+
+def _stats(step, n=7, d_a=5, d_g=4):
+    rng = np.random.default_rng(step)
+    return rng.standard_normal((n, d_a)), rng.standard_normal((n, d_g))
+
+
+def _equal(s1, s2):
+    if isinstance(s1, dict):
+        return s1.keys() == s2.keys() and all(_equal(s1[k], s2[k]) for k in s1)
+    if isinstance(s1, np.ndarray):
+        return isinstance(s2, np.ndarray) and s1.dtype == s2.dtype and np.array_equal(s1, s2)
+    return s1 == s2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_parts_of_the_registry_are_the_familys(method):
+    shape = LayerShape(0, 5, 4, np, "cpu")
+    fam = build(KFACPreconditioner(method).config, registry.lookup(method), shape)
+    assert fam.parts == registry.lookup(method).parts
+    assert KFACPreconditioner(method).decompositions_due("new") == fam.parts
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_decompositions_computed_elsewhere_give_the_same_state_bit_for_bit(method):
+    ref = KFACPreconditioner(method, **OPTS)  # the update in one place
+    owners = {p: KFACPreconditioner(method, **OPTS) for p in registry.lookup(method).parts}  # one per part
+    receiver = KFACPreconditioner(method, **OPTS)  # computes none of the decompositions
+    for step in range(5):
+        a, g = _stats(step)
+        due = receiver.decompositions_due("fc")
+        assert due == ref.decompositions_due("fc")
+        before = owners[next(iter(owners))].state_dict()
+        entries = {}
+        for part, owner in owners.items():
+            got = owner.decompose("fc", a, g, parts=[part])
+            assert set(got) == ({part} & set(due))
+            entries.update(got)
+        assert _equal(owners[next(iter(owners))].state_dict(), before)  # decompose changes nothing
+        ref.update("fc", a, g)
+        receiver.update("fc", a, g, decompositions=entries)
+        for part, owner in owners.items():
+            owner.update("fc", a, g, decompositions={p: e for p, e in entries.items() if p != part})
+        for pre in (receiver, *owners.values()):
+            assert _equal(pre.state_dict(), ref.state_dict()), f"{method} step {step}"
+            pre.step()
+        ref.step()
+    grad = np.ones((4, 5))
+    np.testing.assert_array_equal(receiver.precondition("fc", grad), ref.precondition("fc", grad))
+
+
+def test_nothing_due_between_inverse_steps_and_decompose_returns_nothing():
+    pre = KFACPreconditioner("kfac", T_inv=3)
+    a, g = _stats(0)
+    pre.update("fc", a, g)
+    pre.step()
+    assert pre.decompositions_due("fc") == ()
+    assert pre.decompose("fc", a, g) == {}
+    pre.step()
+    pre.step()
+    assert pre.decompositions_due("fc") == ("A", "G")
+    bk = KFACPreconditioner("bkfac")
+    bk.update("fc", a, g)
+    bk.step()
+    assert bk.decompositions_due("fc") == ("A", "G")  # a B-update every T_brand
+
+
+def test_bad_decompositions_are_refused_naming_them_and_nothing_changes():
+    pre = KFACPreconditioner("kfac", T_inv=1)
+    a, g = _stats(0)
+    pre.update("fc", a, g)
+    pre.step()
+    a, g = _stats(1)
+    good = pre.decompose("fc", a, g)
+    before = pre.state_dict()
+    bad_shape = {"A": {**good["A"], "eigenvectors": good["A"]["eigenvectors"][:-1]}}
+    nan = {"A": {**good["A"], "eigenvalues": np.full_like(good["A"]["eigenvalues"], np.nan)}}
+    f32 = {"A": {**good["A"], "eigenvalues": good["A"]["eigenvalues"].astype(np.float32)}}
+    unsorted = {"A": {**good["A"], "eigenvalues": good["A"]["eigenvalues"][::-1].copy()}}
+    for bad, err, word in [(["A"], TypeError, "decompositions"), ({"B": good["A"]}, ValueError, "decompositions"),
+                           (bad_shape, ValueError, "eigenvectors"), (nan, ValueError, "NaN"),
+                           (f32, ValueError, "dtype"), (unsorted, ValueError, "descending")]:
+        with pytest.raises(err, match=word):
+            pre.update("fc", a, g, decompositions=bad)
+        assert _equal(pre.state_dict(), before)
+    pre.step()  # step 2 with T_inv=1 is due again; a part given when nothing is due is refused
+    late = KFACPreconditioner("kfac", T_inv=5)
+    late.update("fc", a, g)
+    late.step()
+    with pytest.raises(ValueError, match="not due"):
+        late.update("fc", a, g, decompositions=good)
+    with pytest.raises(ValueError, match="`parts`"):
+        pre.decompose("fc", a, g, parts=["C"])
+
+
+def test_a_failed_decompose_counts_nothing_and_skip_update_takes_the_skip_path(monkeypatch):
+    from lowrank_online import _linalg
+
+    pre = KFACPreconditioner("kfac", T_inv=1, max_failures=2)
+    a, g = _stats(0)
+    pre.update("fc", a, g)
+    pre.step()
+    before = pre.state_dict()
+
+    def broken(*args, **kwargs):
+        raise np.linalg.LinAlgError("injected")
+
+    monkeypatch.setattr(_linalg, "small_eigh", broken)
+    with pytest.raises(DecompositionError, match="injected"):
+        pre.decompose("fc", a, g)
+    assert pre.skipped_updates == {} and _equal(pre.state_dict(), before)
+    monkeypatch.undo()
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        pre.skip_update("fc", "rank 1 failed")
+    assert pre.skipped_updates == {"fc": 1} and _equal(pre.state_dict(), {**before, "skipped_updates": {"fc": 1}})
+    with pytest.raises(DecompositionError, match="2 consecutive"):
+        pre.skip_update("fc", "rank 1 failed again")
+    with pytest.raises(TypeError, match="`reason`"):
+        pre.skip_update("fc", 3)

@@ -1,0 +1,398 @@
+"""lowrank_online.torch.KFAC(distributed=...) under torch.distributed with the gloo backend.
+
+Each test spawns 2 or 3 local processes (torch.multiprocessing, spawn) that run several
+scenarios in one process group and write what they found; every process also computes the
+single-process reference on the concatenated batch itself. Collectives time out after 60 s and
+the spawning test after 150 s, so a bug fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import socket
+import time
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = torch.distributed
+if not (dist.is_available() and dist.is_gloo_available()):  # pragma: no cover
+    pytest.skip("torch.distributed with the gloo backend is not available", allow_module_level=True)
+
+from torch import nn  # noqa: E402
+
+from lowrank_online import DecompositionError  # noqa: E402
+from lowrank_online.torch import KFAC, Distributed, assign_owners  # noqa: E402
+
+BATCH = 12
+RTOL = {torch.float64: 1e-6, torch.float32: 1e-4}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(world: int, scenario: str, folder: str, timeout: float = 150.0) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    port = _free_port()
+    ctx = mp.start_processes(_worker, args=(world, port, scenario, folder), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the {world} processes of {scenario!r} did not finish within {timeout} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+    out = []
+    for r in range(world):
+        with open(os.path.join(folder, f"{scenario}-{r}.pkl"), "rb") as f:
+            out.append(pickle.load(f))
+    return out
+
+
+# ---------------------------------------------------------------------------- in the processes
+def _model(dtype: torch.dtype, layers: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    widths = [6, 5, 4, 3][: layers + 1] if layers < 3 else [6, 5, 4, 3]
+    mods: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        mods.append(nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            mods.append(nn.Tanh())
+    return nn.Sequential(*mods).to(dtype)
+
+
+def _batch(step: int, dtype: torch.dtype, d_in: int = 6, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(100 + step)
+    return torch.randn(BATCH, d_in, generator=gen, dtype=dtype), torch.randint(0, classes, (BATCH,), generator=gen)
+
+
+def _options(method: str, **extra) -> dict:
+    return {"method": method, "fisher": "empirical", "T_updt": 1, "T_inv": 2, "rank": 3, "damping": 0.1, "seed": 3,
+            **extra}
+
+
+def _shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    n = x.shape[0] // world
+    return x[rank * n:(rank + 1) * n]
+
+
+def _train_step(model: nn.Module, kfac: KFAC, x: torch.Tensor, y: torch.Tensor, world: int | None) -> list[torch.Tensor]:
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    if world is not None:  # what DistributedDataParallel does
+        for p in model.parameters():
+            dist.all_reduce(p.grad)
+            p.grad /= world
+    kfac.step()
+    grads = [p.grad.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.1 * p.grad
+    return grads
+
+
+def _compare(method: str, dtype: torch.dtype, rank: int, world: int, steps: int = 3, layers: int = 3,
+             dist_options: Distributed | None = None, extra: dict | None = None) -> dict:
+    """Preconditioned gradients of the distributed run and of one process on the whole batch."""
+    ref_model, model = _model(dtype, layers), _model(dtype, layers)
+    opts = _options(method, **(extra or {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = KFAC(ref_model, **opts)
+        kfac = KFAC(model, **opts, distributed=dist_options or True)
+    worst, reports = 0.0, []
+    for step in range(steps):
+        x, y = _batch(step, dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = _train_step(ref_model, ref, x, y, None)
+            got = _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
+        for w, g in zip(want, got):
+            worst = max(worst, float((w - g).abs().max() / w.abs().max()))
+        reports.append(kfac.distributed_report)
+    return {"worst": worst, "reports": reports, "state": _state_of(kfac)}
+
+
+def _state_of(kfac: KFAC) -> dict:
+    """The preconditioner's state as NumPy arrays (comparable across processes)."""
+    def host(v):
+        if isinstance(v, dict):
+            return {k: host(x) for k, x in v.items()}
+        return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+
+    return host(kfac.preconditioner.state_dict())
+
+
+def _scenario_two(rank: int, world: int, folder: str) -> dict:
+    out: dict = {}
+    for dtype in (torch.float64, torch.float32):
+        for method in ("kfac", "rkfac", "bkfac", "ekfac"):
+            out[(method, str(dtype))] = _compare(method, dtype, rank, world)
+    out["kfac-rows"] = _compare("kfac", torch.float64, rank, world, dist_options=Distributed(statistics="rows"))
+    out["rkfac-gram"] = _compare("rkfac", torch.float64, rank, world, dist_options=Distributed(statistics="gram"))
+    # a randomized EVD that is not exact (no oversampling, no power iteration): the owners must
+    # draw with the seeds of the single process (the layers' indices in the model's order)
+    out["rkfac-sketch"] = _compare("rkfac", torch.float64, rank, world,
+                                   extra={"rank": 2, "oversample": 0, "n_iter": 0})
+    out["kfac-workers"] = _compare("kfac", torch.float64, rank, world,
+                                   dist_options=Distributed(grad_worker_fraction=0.5))
+    out["bkfac-bf16"] = _compare("bkfac", torch.float32, rank, world, dist_options=Distributed(comm_dtype=torch.bfloat16))
+    out["bkfac-sync"] = _compare("bkfac", torch.float64, rank, world, dist_options=Distributed(async_op=False))
+    out["failure"] = _failure(rank, world)
+    # a checkpoint for the 3-process run: rank 0 saves one state
+    model = _model(torch.float64)
+    kfac = KFAC(model, **_options("bkfac"), distributed=True)
+    for step in range(2):
+        x, y = _batch(step, torch.float64)
+        _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
+    if rank == 0:
+        torch.save({"model": model.state_dict(), "kfac": kfac.state_dict()}, os.path.join(folder, "ckpt.pt"))
+    out["ckpt-state"] = _state_of(kfac)
+    dist.barrier()
+    return out
+
+
+def _failure(rank: int, world: int) -> dict:
+    """At step 2 (an EVD step) the decompositions owned by rank 1 raise there."""
+    model = _model(torch.float64)
+    kfac = KFAC(model, **_options("kfac"), distributed=True)
+    pre = kfac.preconditioner
+    original = pre.decompose
+
+    def broken(layer, a, g, parts=None):
+        if pre.steps == 2:
+            raise DecompositionError(f"injected failure of {layer!r} {parts}")
+        return original(layer, a, g, parts)
+
+    if rank == 1:
+        pre.decompose = broken
+    before = None
+    caught = []
+    for step in range(3):
+        if step == 2:
+            before = _state_of(kfac)
+        x, y = _batch(step, torch.float64)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
+        caught += [str(m.message) for m in w if "skipped" in str(m.message)]
+    report = kfac.distributed_report
+    return {"before": before, "after": _state_of(kfac), "failed": report.failed, "owners": report.owners,
+            "skipped": dict(pre.skipped_updates), "warnings": caught}
+
+
+def _scenario_three(rank: int, world: int, folder: str) -> dict:
+    out: dict = {}
+    # ranks > factors: one layer, two K-factors, three processes
+    out["one-layer"] = _compare("kfac", torch.float64, rank, world, layers=1)
+    out["rkfac"] = _compare("rkfac", torch.float32, rank, world)
+    # resume the 2-process checkpoint on 3 processes, against one process resuming it
+    saved = torch.load(os.path.join(folder, "ckpt.pt"), weights_only=True)
+    ref_model, model = _model(torch.float64), _model(torch.float64)
+    ref = KFAC(ref_model, **_options("bkfac"))
+    kfac = KFAC(model, **_options("bkfac"), distributed=True)
+    for m, k in ((ref_model, ref), (model, kfac)):
+        m.load_state_dict(saved["model"])
+        k.load_state_dict(saved["kfac"])
+    worst = 0.0
+    for step in range(2, 4):
+        x, y = _batch(step, torch.float64)
+        want = _train_step(ref_model, ref, x, y, None)
+        got = _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
+        worst = max(worst, max(float((w - g).abs().max() / w.abs().max()) for w, g in zip(want, got)))
+    out["resume"] = {"worst": worst, "state": _state_of(kfac), "steps": kfac.steps}
+    return out
+
+
+def _worker(rank: int, world: int, port: int, scenario: str, folder: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        out = {"two": _scenario_two, "three": _scenario_three}[scenario](rank, world, folder)
+        with open(os.path.join(folder, f"{scenario}-{rank}.pkl"), "wb") as f:
+            pickle.dump(out, f)
+    finally:
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------- the tests
+def _same(x, y, path="") -> None:
+    """Bit-identical nested states."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        assert set(x) == set(y), path
+        for k in x:
+            _same(x[k], y[k], f"{path}/{k}")
+    elif isinstance(x, np.ndarray):
+        np.testing.assert_array_equal(x, y, err_msg=path)
+    else:
+        assert x == y, path
+
+
+def _close(x, y, rtol, path="") -> None:
+    import numpy as np
+
+    if isinstance(x, dict):
+        for k in x:
+            _close(x[k], y[k], rtol, f"{path}/{k}")
+    elif isinstance(x, np.ndarray):
+        assert x.shape == y.shape, path
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * max(1.0, float(np.abs(x).max(initial=0))), err_msg=path)
+    else:
+        assert x == y, path
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("dist"))
+    return folder, _spawn(2, "two", folder)
+
+
+@pytest.fixture(scope="module")
+def three(two):
+    folder, _ = two
+    return _spawn(3, "three", folder)
+
+
+@pytest.mark.parametrize("dtype", ["torch.float64", "torch.float32"])
+@pytest.mark.parametrize("method", ["kfac", "rkfac", "bkfac", "ekfac"])
+def test_two_processes_equal_one_process_on_the_concatenated_batch(two, method, dtype):
+    _, results = two
+    rtol = RTOL[getattr(torch, dtype.split(".")[1])]
+    for r, res in enumerate(results):
+        assert res[(method, dtype)]["worst"] <= rtol, (r, res[(method, dtype)]["worst"])
+    # and the factors are identical on both processes
+    _same(results[0][(method, dtype)]["state"], results[1][(method, dtype)]["state"])
+
+
+@pytest.mark.parametrize("variant", ["kfac-rows", "rkfac-gram", "rkfac-sketch", "kfac-workers", "bkfac-sync"])
+def test_options_keep_the_single_process_result(two, variant):
+    _, results = two
+    for res in results:
+        assert res[variant]["worst"] <= 1e-6, (variant, res[variant]["worst"])
+    _same(results[0][variant]["state"], results[1][variant]["state"])
+
+
+def test_grad_workers_send_the_preconditioned_gradients(two):
+    _, results = two
+    reports = [res["kfac-workers"]["reports"][-1] for res in results]
+    assert all(rep.bytes > 0 for rep in reports)
+
+
+def test_bf16_statistics_keep_identical_factors(two):
+    _, results = two
+    _same(results[0]["bkfac-bf16"]["state"], results[1]["bkfac-bf16"]["state"])
+    assert results[0]["bkfac-bf16"]["worst"] < 0.1  # bf16 rounding of the rows, not an error
+
+
+def test_factors_outnumber_ranks_and_owners_balance(two):
+    _, results = two
+    rep = results[0][("kfac", "torch.float64")]["reports"][0]  # step 0: every factor is due
+    assert len(rep.owners) == 6 and set(rep.owners.values()) == {0, 1}
+    assert rep.idle_ranks == 0 and rep.bytes > 0
+    assert rep == results[1][("kfac", "torch.float64")]["reports"][0]._replace(bytes=rep.bytes,
+                                                                                seconds=rep.seconds)
+    off = results[0][("kfac", "torch.float64")]["reports"][1]  # step 1: no EVD due (T_inv=2)
+    assert off.owners == {} and off.idle_ranks == 0
+
+
+def test_failure_on_one_rank_is_broadcast_and_the_state_kept(two):
+    _, results = two
+    f0, f1 = results[0]["failure"], results[1]["failure"]
+    assert f0["failed"] and f0["failed"] == f1["failed"]
+    assert all(f0["owners"][slot] == 1 for slot in f0["failed"])
+    failed_layers = {layer for layer, _ in f0["failed"]}
+    for f in (f0, f1):
+        assert f["skipped"] == dict.fromkeys(failed_layers, 1)
+        assert any("injected failure" in w for w in f["warnings"])
+        for layer in failed_layers:
+            _same(f["before"]["layers"][layer], f["after"]["layers"][layer])
+    _same(f0["after"], f1["after"])
+    for layer in set(f0["after"]["layers"]) - failed_layers:  # the others were updated
+        assert f0["after"]["layers"][layer]["state"]["A"]["n_stats"] == 3
+
+
+def test_three_processes_more_ranks_than_factors(three):
+    for res in three:
+        assert res["one-layer"]["worst"] <= 1e-6
+        assert res["rkfac"]["worst"] <= 1e-4
+    rep = three[0]["one-layer"]["reports"][0]
+    assert len(rep.owners) == 2 and rep.idle_ranks == 1
+    _same(three[0]["one-layer"]["state"], three[2]["one-layer"]["state"])
+
+
+def test_checkpoint_of_two_processes_resumes_on_three(two, three):
+    _, results = two
+    _same(results[0]["ckpt-state"], results[1]["ckpt-state"])
+    for res in three:
+        assert res["resume"]["steps"] == 4
+        assert res["resume"]["worst"] <= 1e-6
+    _same(three[0]["resume"]["state"], three[1]["resume"]["state"])
+    _same(three[0]["resume"]["state"], three[2]["resume"]["state"])
+
+
+# ---------------------------------------------------------------------------- without processes
+def test_assign_owners_is_greedy_by_cost_not_round_robin():
+    assert assign_owners([8.0, 8.0, 1.0, 1.0], 2) == [0, 1, 0, 1]
+    assert assign_owners([1.0, 8.0, 1.0, 8.0], 2) == [0, 0, 1, 1]
+    assert assign_owners([5.0], 3) == [0]
+    assert assign_owners([], 2) == []
+
+
+@pytest.mark.parametrize(("kwargs", "error", "name"), [
+    ({"grad_worker_fraction": 0.0}, ValueError, "grad_worker_fraction"),
+    ({"grad_worker_fraction": 1.5}, ValueError, "grad_worker_fraction"),
+    ({"comm_dtype": torch.float16}, TypeError, "comm_dtype"),
+    ({"statistics": "dense"}, ValueError, "statistics"),
+    ({"async_op": 1}, TypeError, "async_op"),
+])
+def test_distributed_refuses_bad_options(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        Distributed(**kwargs)
+
+
+def test_kfac_distributed_needs_a_process_group():
+    if dist.is_initialized():  # pragma: no cover
+        pytest.skip("a process group is initialised in this process")
+    model = _model(torch.float64)
+    with pytest.raises(ValueError, match="distributed"):
+        KFAC(model, "kfac", distributed=True)
+    with pytest.raises(TypeError, match="distributed"):
+        KFAC(model, "kfac", distributed="yes")
+
+
+# ---------------------------------------------------------------------------- the scripts
+def _run_script(*args: str, timeout: int = 120) -> str:
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, *args], cwd=root, capture_output=True, text=True, timeout=timeout, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_torch_distributed_example_runs():
+    out = _run_script("examples/torch_distributed.py", "--steps", "12")
+    assert "identical curvature on all 2 processes: True" in out
+    losses = [float(line.split()[3]) for line in out.splitlines() if line.startswith("step")]
+    assert losses[-1] < losses[0]
+
+
+def test_distributed_evidence_quick():
+    out = _run_script("evidence/distributed.py", "--quick", "--methods", "kfac", "bkfac")
+    assert "bytes/step" in out and "idle ranks/step" in out and "bkfac" in out
