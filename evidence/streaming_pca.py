@@ -48,7 +48,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 import lowrank_online  # noqa: E402
-from lowrank_online import StreamingPCA, _array, _linalg  # noqa: E402
+from lowrank_online import StreamingPCA, _backend, _linalg  # noqa: E402
 from lowrank_online.bench import gemm_rate  # noqa: E402
 from _publish import publish, pyplot  # noqa: E402
 from peers import _CHILD_ENV, _status_kib, limit_threads  # noqa: E402
@@ -206,7 +206,7 @@ def breakdown(s: Setup, log=print) -> list[tuple[str, str, float, float]]:
     X = stream.batch()
     state = ours._state
     V = state.components
-    be = _array.Backend.of(V, xp)
+    be = _backend.backend_of(V, xp)
 
     # ours, piece by piece (the steps of lowrank_online.pca._update)
     def centred():

@@ -2,16 +2,19 @@
 
 Every public function of the library validates its arguments through the helpers here and
 never re-implements them. Algorithms receive an already-resolved namespace ``xp`` and only
-call functions of the Python array API standard on it, plus the hooks of :class:`Backend`.
+call functions of the Python array API standard on it, plus the hooks of :class:`~lowrank_online._backend.Backend`.
 
-Lazy, distributed namespaces (Dask) are handled here and in the private ``_dask`` module that
-only this module imports: :class:`Backend` dispatches to its Dask subclass, :func:`align_tall`
-checks and aligns row chunks, :func:`check_finite` defers to the small cores, and
-:func:`to_floats` fetches several scalars in one round trip.
+Lazy, distributed namespaces (Dask) are recognised here and served by an *execution module*
+found through a registry (:func:`execution`), loaded on first use: :func:`align_tall` checks
+and aligns row chunks, :func:`check_finite` defers to the small cores, :func:`to_floats`
+fetches several scalars in one round trip, and ``_backend.backend`` picks the execution's
+:class:`~lowrank_online._backend.Backend`. This module imports no execution module (they
+import it), so the layers stay acyclic.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 from typing import Any
@@ -104,9 +107,24 @@ def is_strict(xp: Any) -> bool:
     return getattr(xp, "__name__", "") == "array_api_strict"
 
 
+# The execution strategies of lazy namespaces: the array-api-compat test that recognises the
+# namespace, and the private module that implements the hooks (``Backend``, ``align_tall``,
+# ``to_floats``, ``from_host``). Imported on first use: importing the library never imports
+# Dask, and the execution module, which builds on this one, is not imported from here.
+_LAZY_EXECUTIONS: tuple[tuple[Any, str], ...] = ((array_api_compat.is_dask_namespace, "lowrank_online._dask"),)
+
+
+def execution(xp: Any) -> Any:
+    """The execution module of a lazy namespace, or None for an in-memory one."""
+    for recognises, module in _LAZY_EXECUTIONS:
+        if recognises(xp):
+            return importlib.import_module(module)
+    return None
+
+
 def is_lazy(xp: Any) -> bool:
     """True for a namespace whose arrays are task graphs evaluated on demand (Dask)."""
-    return array_api_compat.is_dask_namespace(xp)
+    return any(recognises(xp) for recognises, _ in _LAZY_EXECUTIONS)
 
 
 def align_tall(*named: tuple, xp: Any) -> tuple[Any, ...]:
@@ -119,11 +137,10 @@ def align_tall(*named: tuple, xp: Any) -> tuple[Any, ...]:
     whose row chunks differ from the reference's is rechunked to them (a single pass over
     that argument, which is the new data, never the held factor).
     """
-    if not is_lazy(xp):
+    lazy = execution(xp)
+    if lazy is None:
         return tuple(entry[1] for entry in named)
-    from . import _dask
-
-    return _dask.align_tall(named)
+    return lazy.align_tall(named)
 
 
 def one_chunk(x: Any, axis: int, xp: Any) -> Any:
@@ -148,10 +165,9 @@ def column_signs(V: Any, xp: Any) -> Any:
 
 def to_floats(xp: Any, *scalars: Any) -> tuple[float, ...]:
     """Python floats of 0-d arrays; a lazy namespace fetches them all in one round trip."""
-    if is_lazy(xp):
-        from . import _dask
-
-        return _dask.to_floats(scalars)
+    lazy = execution(xp)
+    if lazy is not None:
+        return lazy.to_floats(scalars)
     return tuple(float(x) for x in scalars)
 
 
@@ -316,7 +332,7 @@ def check_finite(x: Any, name: str, xp: Any) -> None:
     """Raise ``ValueError`` naming ``x`` if it holds NaN or infinity.
 
     Deferred on a lazy namespace: a pass over a distributed tall array costs as much as the
-    update itself, so the :class:`Backend` checks every small core that comes back to the
+    update itself, so the Dask ``Backend`` checks every small core that comes back to the
     client instead, and names the argument when one is not finite (see ``Backend.watch``).
     """
     if is_lazy(xp):
@@ -450,141 +466,7 @@ def from_host(x: Any, xp: Any, device: Any = None, *, rows: Any = None) -> Any:
     ``rows`` (Dask only): the row chunks, an int or a tuple of ints; default Dask's automatic
     choice. The other dimension stays in one chunk, as the algorithms require.
     """
-    if is_lazy(xp):
-        from . import _dask
-
-        return _dask.from_host(x, rows)
+    lazy = execution(xp)
+    if lazy is not None:
+        return lazy.from_host(x, rows)
     return xp.asarray(x, device=device) if device is not None else xp.asarray(x)
-
-
-# --------------------------------------------------------------------------------------------
-# tall arrays and small cores
-# --------------------------------------------------------------------------------------------
-class Backend:
-    """Where a computation's tall arrays and its small cores live.
-
-    The algorithms split their work into *tall* arrays (d x k, in the caller's namespace,
-    device and dtype, never gathered or upcast) and small *cores* ((r+n)-sized matrices that
-    are factorized). ``to_core`` turns the small result of a tall product into a core array
-    (float64 where the device has it); ``from_core`` turns a core array into an operand for
-    tall products, or an output, in the caller's namespace and dtype. For in-memory
-    namespaces both are dtype casts and the other hooks are identities.
-
-    A distributed namespace overrides the hooks: constructing a ``Backend`` for the Dask
-    namespace returns the subclass of the private ``_dask`` module, which computes the small
-    cores on the cluster, fetches them to the client (NumPy, float64) and embeds the results
-    back into the graph. The hooks the algorithms call, and what they do there:
-
-    ``to_core(*xs)``
-        one round trip for all of ``xs`` (a tuple when several).
-    ``matmul(a, b)``
-        ``a @ b`` where the contracted dimension is short (a tall array times a small core):
-        one task per row block, with no reduction.
-    ``residual(A, Q, C)``
-        ``A - Q @ C``, the projection residual: one task per row block.
-    ``persist(*xs)``
-        materialise tall intermediates that are read more than once, so that no pass
-        recomputes the graph of another; the identity in memory.
-    ``detach(*xs)``
-        materialise the outputs of a call and cut them loose from the graph that produced
-        them (a stream of updates would otherwise chain every graph to the previous one);
-        the identity in memory.
-    ``prefetch(*xs)``
-        ride small arrays along with the next ``to_core`` round trip; a no-op in memory.
-    ``watch(*named)``
-        name the inputs whose finiteness was deferred: a non-finite core then raises
-        ``ValueError`` naming the culprit; a no-op in memory (inputs are checked up front).
-    ``small(x)``
-        a small intermediate computed once and kept in the tall namespace and dtype.
-    ``join_columns(arrays)``
-        ``[Q W]`` with each row block in one chunk.
-    ``normal(rng, shape)``
-        a tall Gaussian draw with the rows of the reference array, same numbers as NumPy.
-    ``local(x)`` / ``distribute(y)``
-        the dense fallbacks of small problems: a local copy and its namespace, and back.
-    ``all_finite(*xs)``
-        whether tall-namespace arrays are finite (no round trip for embedded cores).
-    ``column_signs(V)``
-        the signs of the library's sign convention (one reduction on a distributed backend).
-    """
-
-    def __new__(cls, xp: Any, dev: Any, dtype: Any, *, like: Any = None) -> Backend:
-        if cls is Backend and is_lazy(xp):
-            from ._dask import DaskBackend
-
-            cls = DaskBackend
-        return super().__new__(cls)
-
-    def __init__(self, xp: Any, dev: Any, dtype: Any, *, like: Any = None) -> None:
-        self.xp = xp
-        self.device = dev
-        self.dtype = dtype
-        self.cxp = xp
-        self.cdtype = core_dtype(xp, dev)
-        self.eps = eps(xp, dtype)
-
-    @classmethod
-    def of(cls, x: Any, xp: Any) -> Backend:
-        return cls(xp, device(x), x.dtype, like=x)
-
-    def to_core(self, *xs: Any) -> Any:
-        if len(xs) == 1:
-            return astype(xs[0], self.cdtype, self.xp)
-        return tuple(astype(x, self.cdtype, self.xp) for x in xs)
-
-    def from_core(self, x: Any) -> Any:
-        return astype(x, self.dtype, self.xp)
-
-    def matmul(self, a: Any, b: Any) -> Any:
-        return a @ b
-
-    def residual(self, A: Any, Q: Any, C: Any) -> Any:
-        # The small factor is negated so that the tall product is the only temporary.
-        W = Q @ (-C)
-        W += A
-        return W
-
-    def persist(self, *xs: Any) -> Any:
-        return xs[0] if len(xs) == 1 else xs
-
-    def detach(self, *xs: Any) -> Any:
-        return xs[0] if len(xs) == 1 else xs
-
-    def prefetch(self, *xs: Any) -> None:
-        pass
-
-    def watch(self, *named: tuple[str, Any]) -> None:
-        pass
-
-    def small(self, x: Any) -> Any:
-        return x
-
-    def join_columns(self, arrays: list[Any]) -> Any:
-        return self.xp.concat(arrays, axis=1)
-
-    def normal(self, rng: np.random.Generator, shape: tuple[int, ...]) -> Any:
-        return standard_normal(rng, shape, self.dtype, self.xp, self.device)
-
-    def local(self, x: Any) -> tuple[Any, Any]:
-        return x, self.xp
-
-    def distribute(self, x: Any, *, tall: bool = False) -> Any:
-        return x
-
-    def all_finite(self, *xs: Any) -> bool:
-        return all(bool(self.xp.all(self.xp.isfinite(x))) for x in xs)
-
-    def column_signs(self, V: Any) -> Any:
-        return column_signs(V, self.xp)
-
-    def zeros(self, shape: tuple[int, ...]) -> Any:
-        """Core zeros."""
-        return self.cxp.zeros(shape, dtype=self.cdtype, device=self.device)
-
-    def eye(self, k: int) -> Any:
-        """Core identity."""
-        return self.cxp.eye(k, dtype=self.cdtype, device=self.device)
-
-    def count(self, mask: Any) -> int:
-        """Number of true entries of a core boolean vector."""
-        return int(self.cxp.sum(astype(mask, self.cxp.int32, self.cxp)))

@@ -10,10 +10,10 @@ to a k x n result of a few kilobytes. Those small results are the only data that
 client. There they are factorized with NumPy in float64, and the small factors go back into
 the graph as one-chunk arrays.
 
-Round trips. A distributed round trip costs milliseconds, so :meth:`DaskBackend.persist`
-submits work without waiting, and :meth:`DaskBackend.to_core` fetches every small result the
+Round trips. A distributed round trip costs milliseconds, so :meth:`Backend.persist`
+submits work without waiting, and :meth:`Backend.to_core` fetches every small result the
 algorithm needs at that point in a single ``dask.compute``. It also brings along whatever
-was :meth:`~DaskBackend.prefetch`-ed. Small arrays whose graph holds only embedded data
+was :meth:`~Backend.prefetch`-ed. Small arrays whose graph holds only embedded data
 (the cores this backend put back, a user's ``da.from_array`` of a short vector) are
 evaluated in-process, without the cluster.
 """
@@ -33,7 +33,7 @@ from dask.base import tokenize
 from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph
 
-from ._array import Backend
+from ._backend import Backend as InMemoryBackend
 
 __all__: list[str] = []  # private module
 
@@ -161,7 +161,7 @@ def to_floats(scalars: tuple[Any, ...]) -> tuple[float, ...]:
     return tuple(out)
 
 
-class DaskBackend(Backend):
+class Backend(InMemoryBackend):
     """Tall arrays stay Dask arrays chunked by rows; cores are NumPy float64 on the client.
 
     One instance serves one call of an algorithm; it caches by graph name the host values of

@@ -13,7 +13,7 @@ of every Ritz pair from the small matrices once the next block product is known:
 a-posteriori estimate and the ``tol`` stopping rule cost one block product, not a pass over
 the result.
 
-Everything here works on the hooks of :class:`~lowrank_online._array.Backend` (``persist``,
+Everything here works on the hooks of :class:`~lowrank_online._backend.Backend` (``persist``,
 ``residual``, ``matmul``, ``to_core`` / ``from_core``, ``join_columns``), so the tall bases
 stay on the workers of a distributed backend and only the small coefficient blocks travel.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from . import _array, _linalg
+from . import _array, _backend, _linalg
 
 __all__: list[str] = []  # private module
 
@@ -45,7 +45,7 @@ class Extension(NamedTuple):
     R: Any  # (b, b) core
 
 
-def extend(W: Any, B: Any, be: _array.Backend, rng: Any) -> Extension:
+def extend(W: Any, B: Any, be: _backend.Backend, rng: Any) -> Extension:
     """Orthogonalise the block ``W`` (d x b) against the orthonormal ``B`` (d x K) and normalise it.
 
     Two passes of block classical Gram-Schmidt (twice is enough: Giraud, Langou, Rozloznik
@@ -113,7 +113,7 @@ def extend(W: Any, B: Any, be: _array.Backend, rng: Any) -> Extension:
     return Extension(P, coef, (cxp.sqrt(mu2)[:, None] * V2.T) @ R)
 
 
-def _robust_basis(W: Any, B: Any, scale: float, be: _array.Backend, rng: Any) -> Any:
+def _robust_basis(W: Any, B: Any, scale: float, be: _backend.Backend, rng: Any) -> Any:
     """Orthonormal ``P`` spanning the numerically significant part of ``W`` (orthogonal to B),
     completed by directions orthogonal to B where ``W`` has none."""
     d, b = W.shape
@@ -128,7 +128,7 @@ def _robust_basis(W: Any, B: Any, scale: float, be: _array.Backend, rng: Any) ->
     return _linalg.orthonormalize(P, be, passes=2)
 
 
-def _pad_rows(M: Any, rows: int, be: _array.Backend) -> Any:
+def _pad_rows(M: Any, rows: int, be: _backend.Backend) -> Any:
     if M.shape[0] == rows:
         return M
     return be.cxp.concat([M, be.zeros((rows - M.shape[0], M.shape[1]))], axis=0)
@@ -145,12 +145,12 @@ class KrylovResult(NamedTuple):
     converged: bool
 
 
-def _limits(values: Any, tol: float, floor: float, be: _array.Backend) -> Any:
+def _limits(values: Any, tol: float, floor: float, be: _backend.Backend) -> Any:
     return be.cxp.clip(tol * values, min=floor * float(values[0]))
 
 
 def svd(op: Any, rank: int, b: int, steps: int, tol: float | None, want_residuals: bool,
-        rng: Any, be: _array.Backend) -> KrylovResult:
+        rng: Any, be: _backend.Backend) -> KrylovResult:
     """Block Golub-Kahan-Lanczos with ``steps`` products with X and as many with X^T.
 
     Step j: ``U_j = orth(X V_j - U_{<j} C)``, ``V_{j+1} = orth(X^T U_j - V_{<=j} D)``. The
@@ -206,7 +206,7 @@ def svd(op: Any, rank: int, b: int, steps: int, tol: float | None, want_residual
     return KrylovResult(U, s[:rank], Vh, residuals, done, b, products, converged if tol is not None else None)
 
 
-def _svd_residuals(acols: list[Any], extraction: tuple, rank: int, b: int, be: _array.Backend) -> Any:
+def _svd_residuals(acols: list[Any], extraction: tuple, rank: int, b: int, be: _backend.Backend) -> Any:
     """``|X v_i - s_i u_i|`` for the Ritz triplets of the previous ``Ct``.
 
     ``X V = U B`` with ``B`` upper block triangular, assembled from the coefficients of the
@@ -222,7 +222,7 @@ def _svd_residuals(acols: list[Any], extraction: tuple, rank: int, b: int, be: _
 
 
 def nystrom(op: Any, rank: int, b: int, steps: int, tol: float | None, want_residuals: bool,
-            rng: Any, be: _array.Backend) -> tuple[KrylovResult, Any]:
+            rng: Any, be: _backend.Backend) -> tuple[KrylovResult, Any]:
     """Block Lanczos with ``steps`` products with the symmetric PSD X, and the Nystrom
     approximation of its Krylov basis.
 
@@ -279,13 +279,13 @@ def nystrom(op: Any, rank: int, b: int, steps: int, tol: float | None, want_resi
     return KrylovResult(U, lam[:keep], None, residuals, done, b, products, converged if tol is not None else None), sketch
 
 
-def _tt(cols: list[Any], j: int, b: int, be: _array.Backend) -> Any:
+def _tt(cols: list[Any], j: int, b: int, be: _backend.Backend) -> Any:
     """``Tt`` of the first ``j`` products: ((j+1)b x jb)."""
     rows = (j + 1) * b
     return be.cxp.concat([_pad_rows(c, rows, be) for c in cols[:j]], axis=1)
 
 
-def _nystrom_core(cols: list[Any], b: int, d: int, be: _array.Backend) -> tuple[Any, Any]:
+def _nystrom_core(cols: list[Any], b: int, d: int, be: _backend.Backend) -> tuple[Any, Any]:
     """Eigenpairs (coefficients in Q_{<=j+1}, eigenvalues) of the Nystrom approximation."""
     cxp = be.cxp
     j = len(cols)
@@ -301,7 +301,7 @@ def _nystrom_core(cols: list[Any], b: int, d: int, be: _array.Backend) -> tuple[
     return u, cxp.clip(s * s - nu, min=0.0)
 
 
-def _nystrom_residuals(cols: list[Any], extraction: tuple, rank: int, b: int, be: _array.Backend) -> Any:
+def _nystrom_residuals(cols: list[Any], extraction: tuple, rank: int, b: int, be: _backend.Backend) -> Any:
     """``|X q_i - lambda_i q_i|`` for the Nystrom pairs of the previous step, with
     ``q = Q_{<=j} z`` and ``X Q_{<=j} = Q_{<=j+1} Tt``."""
     cxp = be.cxp

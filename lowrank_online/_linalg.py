@@ -16,7 +16,7 @@
   power-of-two scale, so that it neither overflows nor underflows.
 
 Everything here takes an already-resolved namespace ``xp`` and uses only the standard, plus
-the hooks of :class:`~lowrank_online._array.Backend`: ``to_core`` / ``from_core`` around every
+the hooks of :class:`~lowrank_online._backend.Backend`: ``to_core`` / ``from_core`` around every
 small core, ``persist`` on tall intermediates that are read twice, ``matmul`` / ``residual``
 for the products of a tall array with a small one. They are casts and identities in memory; on
 Dask they keep the tall arrays on the workers, cut the passes over them to the minimum and
@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _array
+from . import _array, _backend
 
 __all__ = ["DecompositionError"]
 
@@ -134,7 +134,7 @@ def small_svd(M: Any, xp: Any) -> tuple[Any, Any, Any]:
     raise DecompositionError(f"SVD of a {p}x{q} core failed (non-convergence or non-finite values)")
 
 
-def flip_signs(V: Any, xp: Any, be: _array.Backend | None = None) -> tuple[Any, Any]:
+def flip_signs(V: Any, xp: Any, be: _backend.Backend | None = None) -> tuple[Any, Any]:
     """Make the largest-magnitude entry of every column positive; return (V, signs).
 
     Two reductions instead of a gather: the largest-magnitude entry is positive exactly when
@@ -152,7 +152,7 @@ def flip_signs(V: Any, xp: Any, be: _array.Backend | None = None) -> tuple[Any, 
     return V, signs
 
 
-def orthonormalize(Y: Any, be: _array.Backend, *, passes: int = 2) -> Any:
+def orthonormalize(Y: Any, be: _backend.Backend, *, passes: int = 2) -> Any:
     """Orthonormal basis of the range of a tall ``Y`` (d x k, k <= d).
 
     CholeskyQR with the Gram matrix diagonalised instead of Cholesky-factorised (so its
@@ -181,7 +181,7 @@ def orthonormalize(Y: Any, be: _array.Backend, *, passes: int = 2) -> Any:
     return _householder_basis(Y, be)
 
 
-def _householder_basis(Y: Any, be: _array.Backend) -> Any:
+def _householder_basis(Y: Any, be: _backend.Backend) -> Any:
     """Householder QR's basis of a tall ``Y``, else the SVD's (the fallbacks of orthonormalize)."""
     xp = be.xp
     try:
@@ -194,7 +194,7 @@ def _householder_basis(Y: Any, be: _array.Backend) -> Any:
     return U
 
 
-def thin_svd(F: Any, be: _array.Backend) -> tuple[Any, Any, Any]:
+def thin_svd(F: Any, be: _backend.Backend) -> tuple[Any, Any, Any]:
     """LAPACK's thin SVD of a tall ``F`` (d x k), with a fallback chain.
 
     When the SVD raises or returns non-finite values: Householder QR ``F = P R`` and the SVD of
@@ -235,7 +235,7 @@ class Complement(NamedTuple):
     zp: Any  # (r + m, k), core dtype
 
 
-def complement(Q: Any, A: Any, be: _array.Backend, *, _rescaled: bool = False) -> Complement:
+def complement(Q: Any, A: Any, be: _backend.Backend, *, _rescaled: bool = False) -> Complement:
     """Orthogonal complement of the block ``A`` (d x n) against the orthonormal ``Q`` (d x r).
 
     Block classical Gram-Schmidt with selective re-orthogonalisation ("twice is enough",
@@ -329,7 +329,7 @@ def complement(Q: Any, A: Any, be: _array.Backend, *, _rescaled: bool = False) -
     return _rank_revealing_complement(Q, A, be)
 
 
-def _gram_in_range(C: Any, G: Any, be: _array.Backend) -> bool:
+def _gram_in_range(C: Any, G: Any, be: _backend.Backend) -> bool:
     """Whether the first pass of :func:`complement` kept its digits: finite, and
     ``|A|_F^2 = |C|_F^2 + tr G`` at least ``tiny / eps^2`` of the tall dtype (then what
     underflowed costs at most ``n tiny``, i.e. ``n eps^2`` relative to the Gram matrix)."""
@@ -340,7 +340,7 @@ def _gram_in_range(C: Any, G: Any, be: _array.Backend) -> bool:
     return scale2 >= _array.smallest_normal(be.xp, be.dtype) / be.eps**2 and math.isfinite(scale2)
 
 
-def _rescaled_complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
+def _rescaled_complement(Q: Any, A: Any, be: _backend.Backend) -> Complement:
     """:func:`complement` of ``2^-e A`` with ``e`` the exponent of ``max |A|``, coefficients
     scaled back by ``2^e`` in the core dtype (exact: powers of two)."""
     xp = be.xp
@@ -359,11 +359,11 @@ def _rescaled_complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
     return comp._replace(coef_q=comp.coef_q * f, coef_p=comp.coef_p * f)
 
 
-def _empty_complement(Q: Any, C: Any, be: _array.Backend) -> Complement:
+def _empty_complement(Q: Any, C: Any, be: _backend.Backend) -> Complement:
     return Complement(C, be.zeros((0, C.shape[1])), Q, be.zeros((Q.shape[1], 0)))
 
 
-def _rank_revealing_complement(Q: Any, A: Any, be: _array.Backend) -> Complement:
+def _rank_revealing_complement(Q: Any, A: Any, be: _backend.Backend) -> Complement:
     """Slow, always-correct path of :func:`complement` (thin SVD of the residual)."""
     cxp = be.cxp
     r = Q.shape[1]
@@ -390,7 +390,7 @@ def _rank_revealing_complement(Q: Any, A: Any, be: _array.Backend) -> Complement
     return Complement(C, R, be.join_columns([Q, P]), zp)
 
 
-def tall_svd(F: Any, be: _array.Backend) -> tuple[Any, Any, Any]:
+def tall_svd(F: Any, be: _backend.Backend) -> tuple[Any, Any, Any]:
     """Thin SVD of a tall ``F`` (d x k, k <= d): orthonormalise, then the SVD of ``P^T F``.
 
     ``F = P (P^T F)`` holds to rounding for the orthonormal P of :func:`orthonormalize`
@@ -404,7 +404,7 @@ def tall_svd(F: Any, be: _array.Backend) -> tuple[Any, Any, Any]:
     return be.persist(be.matmul(P, be.from_core(Ur))), s, Vh
 
 
-def scaled_gram(A: Any, be: _array.Backend) -> tuple[Any, int]:
+def scaled_gram(A: Any, be: _backend.Backend) -> tuple[Any, int]:
     """``A A^T = 2**(2 e) G`` for a d x n block A: the d x d ``G`` (core dtype) and ``e``.
 
     The product is one GEMM in the tall dtype, ``2 d^2 n`` flops (NumPy runs ``A @ A.T`` as a

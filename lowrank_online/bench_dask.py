@@ -74,11 +74,11 @@ def dask_problem(d: int, rows: int, seed: int = 0) -> tuple[Any, Any, Any]:
     import array_api_compat.dask.array as dxp
     import dask.array as da
 
-    from . import _array, _linalg
+    from . import _backend, _linalg
 
     gen = da.random.default_rng(seed)
     G = gen.standard_normal((d, RANK), chunks=(rows, -1))
-    be = _array.Backend.of(G, dxp)
+    be = _backend.backend_of(G, dxp)
     Q = be.detach(_linalg.orthonormalize(G, be))
     L = da.from_array(np.sort(np.random.default_rng(seed).gamma(2.0, size=RANK))[::-1].copy())
     A = be.detach(gen.standard_normal((d, BATCH), chunks=(rows, -1)) / math.sqrt(BATCH))
@@ -121,11 +121,11 @@ def time_svd_compressed(client: Any, d: int, rows: int, batches: int, repeat: in
 
 
 def time_numpy_update(d: int, repeat: int) -> float:
-    from . import _array, _linalg
+    from . import _array, _backend, _linalg
 
     rng = np.random.default_rng(0)
     G = rng.standard_normal((d, RANK))
-    Q = _linalg.orthonormalize(G, _array.Backend.of(G, _array.namespace(("G", G))))
+    Q = _linalg.orthonormalize(G, _backend.backend_of(G, _array.namespace(("G", G))))
     del G
     L = np.sort(rng.gamma(2.0, size=RANK))[::-1].copy()
     A = rng.standard_normal((d, BATCH)) / math.sqrt(BATCH)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from . import _array, _linalg
+from . import _array, _backend, _linalg
 from ._results import EighResult, SVDResult
 
 __all__ = ["eigh_update", "svd_update"]
@@ -221,13 +221,13 @@ def _eigh_update_retried(
     except FloatingPointError as err:
         raise _linalg.DecompositionError(f"Brand update failed in float64 too: {err}") from err
     lam = xp.astype(res.eigenvalues, xp.float32)
-    be = _array.Backend.of(lam, xp)
+    be = _backend.backend_of(lam, xp)
     if not be.all_finite(lam):
         raise _linalg.DecompositionError("updated eigenvalues overflow float32")
     return EighResult(lam, be.detach(xp.astype(res.eigenvectors, xp.float32)))
 
 
-def _sorted_spectrum(L: Any, Q: Any, rank: int | None, be: _array.Backend) -> EighResult:
+def _sorted_spectrum(L: Any, Q: Any, rank: int | None, be: _backend.Backend) -> EighResult:
     """Reorder (and truncate) a representation that needs no basis change."""
     xp = be.xp
     L, lxp = be.local(L)
@@ -262,7 +262,7 @@ def _dense_regime(d: int, r: int, n: int, xp: Any) -> bool:
 def _eigh_update_impl(
     L: Any, Q: Any, A: Any, decay: float, weight: float, rank: int | None, xp: Any, check_finite: bool = True
 ) -> EighResult:
-    be = _array.Backend.of(Q, xp)
+    be = _backend.backend_of(Q, xp)
     if A.shape[1] == 0 or weight == 0.0:
         return _sorted_spectrum(L * decay, Q, rank, be)
     if _dense_regime(Q.shape[0], Q.shape[1], A.shape[1], xp):
@@ -271,7 +271,7 @@ def _eigh_update_impl(
 
 
 def _dense_eigh_update(
-    L: Any, Q: Any, A: Any, decay: float, weight: float, rank: int | None, be: _array.Backend, check_finite: bool
+    L: Any, Q: Any, A: Any, decay: float, weight: float, rank: int | None, be: _backend.Backend, check_finite: bool
 ) -> EighResult:
     """``r + n >= 3d/4``: eigendecomposition of ``rho Q L Q^T + w A A^T`` as a d x d core.
 
@@ -319,7 +319,7 @@ def _dense_eigh_update(
 
 
 def _brand_eigh_update(
-    L: Any, Q: Any, A: Any, decay: float, weight: float, rank: int | None, be: _array.Backend, check_finite: bool
+    L: Any, Q: Any, A: Any, decay: float, weight: float, rank: int | None, be: _backend.Backend, check_finite: bool
 ) -> EighResult:
     """Symmetric Brand's update (Alg. 3) through the orthogonal complement of A."""
     xp, cxp = be.xp, be.cxp
@@ -469,7 +469,7 @@ def _svd_update_retried(args: list[Any], dt: Any, rank: int | None, xp: Any, che
     except FloatingPointError as err:
         raise _linalg.DecompositionError(f"Brand update failed in float64 too: {err}") from err
     out = SVDResult(*(xp.astype(x, xp.float32) for x in res))
-    be = _array.Backend.of(out.U, xp)
+    be = _backend.backend_of(out.U, xp)
     if not be.all_finite(out.S):
         raise _linalg.DecompositionError("updated singular values overflow float32")
     return SVDResult(*be.detach(out.U, out.S, out.Vh))
@@ -478,7 +478,7 @@ def _svd_update_retried(args: list[Any], dt: Any, rank: int | None, xp: Any, che
 def _svd_update_impl(
     U: Any, S: Any, Vh: Any, A: Any, B: Any, rank: int | None, xp: Any, check_finite: bool = True
 ) -> SVDResult:
-    be = _array.Backend.of(U, xp)
+    be = _backend.backend_of(U, xp)
     cxp = be.cxp
     r = U.shape[1]
     if check_finite:

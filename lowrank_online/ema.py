@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from . import _array, _linalg
+from . import _array, _backend, _linalg
 from ._results import EighResult
 from .brand import _dense_regime, _eigh_update
 from .operators import as_operand
@@ -64,7 +64,7 @@ def _restore_orthonormality(L: Any, Q: Any, xp: Any) -> EighResult:
     is diagonalised again. Cost ``4 d m^2`` flops; a no-op when Q is orthonormal to
     ``100 eps``.
     """
-    be = _array.Backend.of(Q, xp)
+    be = _backend.backend_of(Q, xp)
     cxp = be.cxp
     m = Q.shape[1]
     be.prefetch(L)
@@ -101,7 +101,7 @@ def _correct(state: EMAState, X: Any, idx: list[int], xp: Any) -> EMAState:
     ``X`` is an operand (array or operator) with ``matmat``.
     """
     L, Q = state.eigenvalues, state.eigenvectors
-    be = _array.Backend.of(Q, xp)
+    be = _backend.backend_of(Q, xp)
     m = Q.shape[1]
     L, lxp = be.local(L)  # the spectrum is small: reordered where it lives (the host on Dask)
     chosen = lxp.asarray(idx, dtype=lxp.int64, device=_array.device(L))
@@ -344,7 +344,7 @@ class LowRankEMA:
         if state.eigenvectors is None or _array.is_lazy(xp):
             return True
         # In memory the basis is checked too: 1-2% of an update at d = 10,000, r + n = 96.
-        return _array.Backend.of(state.eigenvectors, xp).all_finite(state.eigenvalues, state.eigenvectors)
+        return _backend.backend_of(state.eigenvectors, xp).all_finite(state.eigenvalues, state.eigenvectors)
 
     def _failed(self, what: str, reason: str) -> None:
         self._failures += 1
@@ -562,7 +562,7 @@ def _restore(cls: type, state: Any, xp: Any, device: Any, chunks: Any) -> LowRan
         raise ValueError(f"`state['eigenvectors']` has shape {(d, m)} and `state['eigenvalues']` {tuple(L.shape)}; "
                          "they must be (d, m) and (m,) with m <= d")
     if m:
-        be = _array.Backend.of(Q, ns)
+        be = _backend.backend_of(Q, ns)
         top, low, rise = _array.to_floats(ns, ns.max(ns.abs(L)), ns.min(L), ns.max(L[1:] - L[:-1]) if m > 1 else ns.min(L) * 0)
         if low < -1e3 * be.eps * top:
             raise ValueError(f"`state['eigenvalues']` must be non-negative (a PSD representation), got minimum {low:.3g}")

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import array_api_compat
 import numpy as np
 
-from . import _array, _linalg
+from . import _array, _backend, _linalg
 
 __all__ = ["StreamingPCA"]
 
@@ -69,7 +69,7 @@ def _nan_safe_inverse(x: float) -> float:
     return 1.0 / x if x != 0 else math.nan
 
 
-def _outside_directions(V: Any, m: int, be: _array.Backend) -> Any:
+def _outside_directions(V: Any, m: int, be: _backend.Backend) -> Any:
     """``m`` orthonormal directions orthogonal to span(V), from a fixed seed.
 
     They fill the components whose singular value is zero (a first batch of n rows has rank
@@ -115,7 +115,7 @@ def _update(state: PCAState | None, X: Any, k: int, decay: float | None, xp: Any
     N = 0 if first else state.n_samples_seen
     N_new = N + n if decay is None else rho * N + n
     w = rho * N / N_new
-    be = _array.Backend.of(X.T if first else state.components, xp)
+    be = _backend.backend_of(X.T if first else state.components, xp)
     X = be.persist(X)  # read by the mean, the shift and the increment: materialised once
     # The batch mean is read by the shift, the statistics and the new mean: computed once. (On
     # Dask, a key computed by one graph and then again by a later persisted one leaves released
@@ -203,7 +203,7 @@ def _update(state: PCAState | None, X: Any, k: int, decay: float | None, xp: Any
 
 def _brand_update(
     state: PCAState | None, B: Any, col_scale: list[float], rho: float, k: int, d: int,
-    be: _array.Backend, xp: Any,
+    be: _backend.Backend, xp: Any,
 ) -> tuple[Any, Any]:
     """(top-k left singular vectors, all singular values) of ``[sqrt(rho) V S, B^T D]`` by one
     complement of the increment ``B^T`` (its columns scaled by ``D^-1 = diag(1/col_scale)``)
@@ -218,7 +218,7 @@ def _brand_update(
         _, V0 = _array.align_tall(("X", A), ("components_", empty), xp=xp)
     else:
         V0, A = _array.align_tall(("components_", state.components), ("X", B.T), xp=xp)
-    be = _array.Backend.of(V0, xp)
+    be = _backend.backend_of(V0, xp)
     cxp = be.cxp
     r = V0.shape[1]
     be.watch(("X", A))  # a lazy X is checked for NaN / infinity on the small cores
@@ -269,7 +269,7 @@ def _r_factor(M: Any, xp: Any) -> Any:
     return xp.linalg.qr(M).R
 
 
-def _dense_update(state: PCAState | None, B: Any, rho: float, be: _array.Backend, xp: Any) -> tuple[Any, Any]:
+def _dense_update(state: PCAState | None, B: Any, rho: float, be: _backend.Backend, xp: Any) -> tuple[Any, Any]:
     """(right singular vectors, singular values) of scikit-learn's stacked matrix
     ``[sqrt(rho) diag(S) V^T; B]`` (at least as many rows as the d features): its d x d R
     factor, then the SVD of R in the core dtype. The left (sample-side) factor that

@@ -10,7 +10,7 @@ import math
 import warnings
 from typing import Any, NamedTuple
 
-from . import _array, _krylov, _linalg
+from . import _array, _backend, _krylov, _linalg
 from ._results import EighResult, ErrorEstimate, REighResult, RSVDResult, SVDResult
 from .operators import as_operand
 
@@ -252,7 +252,7 @@ def rsvd(
     opts = _check_options(method, n_iter, block_size, tol, estimate_error, min(m, n))
     rng = _array.as_generator(seed)
     k = min(rank + oversample, m, n)
-    be = _backend(op, check_finite)
+    be = _operand_backend(op, check_finite)
     steps = None
     if opts.method == "block_krylov" and k < _DENSE_FRACTION * min(m, n):
         b = opts.block_size or default_block_size(k)
@@ -278,7 +278,7 @@ def rsvd(
     return RSVDResult(*res, error=_krylov_estimate(kr, frob, opts, be, "rsvd"))
 
 
-def _subspace_svd(op: Any, rank: int, k: int, n_iter: int, rng: Any, be: _array.Backend) -> tuple[Any, Any, Any]:
+def _subspace_svd(op: Any, rank: int, k: int, n_iter: int, rng: Any, be: _backend.Backend) -> tuple[Any, Any, Any]:
     """Halko et al.'s stabilised power iteration (see :func:`rsvd`); U, S, Vh before the sign
     convention."""
     xq = op.xp
@@ -294,7 +294,7 @@ def _subspace_svd(op: Any, rank: int, k: int, n_iter: int, rng: Any, be: _array.
     return U, be.from_core(s[:rank]), Ub.T[:rank, :]
 
 
-def _probe_estimate(op: Any, res: tuple, rng: Any, be: _array.Backend, *, symmetric: bool = False,
+def _probe_estimate(op: Any, res: tuple, rng: Any, be: _backend.Backend, *, symmetric: bool = False,
                     residuals: bool = True) -> tuple[Any, float]:
     """Residual norms of the triplets (optional) and the Frobenius estimate from PROBES
     Gaussian vectors, from one product of X with ``[V, G]``.
@@ -325,7 +325,7 @@ def _probe_estimate(op: Any, res: tuple, rng: Any, be: _array.Backend, *, symmet
     return out, float(frob) / math.sqrt(PROBES)
 
 
-def _dense_estimate(op: Any, s: Any, rank: int, opts: _Options, be: _array.Backend) -> ErrorEstimate:
+def _dense_estimate(op: Any, s: Any, rank: int, opts: _Options, be: _backend.Backend) -> ErrorEstimate:
     """The dense path is exact: zero residuals and the discarded singular values' norm."""
     tail = s[rank:]
     (frob,) = _array.to_floats(be.xp, be.xp.sqrt(be.xp.sum(tail * tail))) if tail.shape[0] else (0.0,)
@@ -334,7 +334,7 @@ def _dense_estimate(op: Any, s: Any, rank: int, opts: _Options, be: _array.Backe
     return ErrorEstimate(zeros, frob, 0, products, 0, True if opts.tol is not None else None)
 
 
-def _krylov_estimate(kr: Any, frob: float, opts: _Options, be: _array.Backend, name: str) -> ErrorEstimate:
+def _krylov_estimate(kr: Any, frob: float, opts: _Options, be: _backend.Backend, name: str) -> ErrorEstimate:
     if opts.tol is not None and not kr.converged:
         tiny = _array.smallest_normal(be.cxp, be.cdtype)
         worst = float(be.cxp.max(kr.residuals / be.cxp.clip(kr.values, min=tiny)))
@@ -348,15 +348,15 @@ def _krylov_estimate(kr: Any, frob: float, opts: _Options, be: _array.Backend, n
     return ErrorEstimate(residuals, frob, PROBES, kr.products + PROBES, kr.steps, kr.converged)
 
 
-def _backend(op: Any, check_finite: bool) -> _array.Backend:
+def _operand_backend(op: Any, check_finite: bool) -> _backend.Backend:
     """The backend of an operand; an array operand's deferred finiteness is watched."""
-    be = _array.Backend(op.xp, op.device, op.dtype, like=op.array)
+    be = _backend.backend(op.xp, op.device, op.dtype, like=op.array)
     if op.is_array and check_finite:
         be.watch(("X", op.array))
     return be
 
 
-def _dense_svd(X: Any, be: _array.Backend) -> tuple[Any, Any, Any]:
+def _dense_svd(X: Any, be: _backend.Backend) -> tuple[Any, Any, Any]:
     """Thin SVD of a matrix with a small side (the dense fallback of :func:`rsvd`).
 
     A tall X stays where it is (on Dask: tall-skinny QR, then the SVD of the small R); a wide
@@ -370,7 +370,7 @@ def _dense_svd(X: Any, be: _array.Backend) -> tuple[Any, Any, Any]:
     return be.distribute(U, tall=True), be.distribute(s), be.distribute(Vh)
 
 
-def _flip_svd(U: Any, s: Any, Vh: Any, be: _array.Backend) -> SVDResult:
+def _flip_svd(U: Any, s: Any, Vh: Any, be: _backend.Backend) -> SVDResult:
     """Sign convention on U (a fresh array), mirrored on Vh."""
     U, signs = _linalg.flip_signs(U, be.xp, be)
     return SVDResult(*be.detach(U, s, Vh * signs[:, None]))
@@ -518,7 +518,7 @@ def reigh(
     n_iter = opts.n_iter
     rng = _array.as_generator(seed)
     k = min(rank + oversample, d)
-    be = _backend(op, check_finite)
+    be = _operand_backend(op, check_finite)
     dense = k >= _DENSE_FRACTION * d
     krylov = opts.method == "block_krylov" and not dense
     if krylov:
@@ -554,7 +554,7 @@ def reigh(
     return REighResult(*res, error=_krylov_estimate(kr, frob, opts, be, "reigh"))
 
 
-def _finish_nystrom(lam: Any, U: Any, rank: int, rng: Any, be: _array.Backend) -> EighResult:
+def _finish_nystrom(lam: Any, U: Any, rank: int, rng: Any, be: _backend.Backend) -> EighResult:
     """Eigenvalues (core) and vectors in the caller's dtype, zero slots completed, signs fixed."""
     xp = be.xp
     lam = be.from_core(lam)
@@ -565,7 +565,7 @@ def _finish_nystrom(lam: Any, U: Any, rank: int, rng: Any, be: _array.Backend) -
     return EighResult(lam, be.detach(V))
 
 
-def _nystrom(op: Any, rank: int, k: int, n_iter: int, rng: Any, be: _array.Backend) -> EighResult:
+def _nystrom(op: Any, rank: int, k: int, n_iter: int, rng: Any, be: _backend.Backend) -> EighResult:
     xp = op.xp
     d = op.shape[0]
     cxp = be.cxp
@@ -603,7 +603,7 @@ def _nystrom(op: Any, rank: int, k: int, n_iter: int, rng: Any, be: _array.Backe
     return EighResult(lam, be.detach(V))
 
 
-def _complete_basis(U: Any, extra: int, be: _array.Backend, rng: Any) -> Any:
+def _complete_basis(U: Any, extra: int, be: _backend.Backend, rng: Any) -> Any:
     """``extra`` orthonormal columns orthogonal to the orthonormal ``U`` (zero-eigenvalue slots)."""
     G = be.normal(rng, (U.shape[0], extra))
     for _ in range(2):

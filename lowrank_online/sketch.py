@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from . import _array, _linalg
+from . import _array, _backend, _linalg
 from ._results import EighResult
 
 __all__ = ["NystromSketch"]
@@ -31,7 +31,7 @@ class SketchState(NamedTuple):
 def _first_omega(d: int, k: int, A: Any, xp: Any, seed: Any) -> Any:
     """Orthonormal Gaussian test matrix with A's rows, dtype and device (a Haar-random basis:
     the Gaussian theory holds, and the core ``Omega^T Y`` is as well conditioned as M allows)."""
-    be = _array.Backend.of(A, xp)
+    be = _backend.backend_of(A, xp)
     G = be.normal(_array.as_generator(seed), (d, k))
     return be.detach(_linalg.orthonormalize(G, be, passes=2))
 
@@ -39,7 +39,7 @@ def _first_omega(d: int, k: int, A: Any, xp: Any, seed: Any) -> Any:
 def sketch_update(state: SketchState, A: Any, decay: float | None, seed: Any, k: int, xp: Any) -> SketchState:
     """``Y <- rho Y + (1 - rho) A A^T Omega`` (``Y <- Y + A A^T Omega`` without decay); the first
     update sets ``Y = A A^T Omega`` unscaled, as ``M_0 = A_0 A_0^T``. Cost ``4 d n k`` flops."""
-    be = _array.Backend.of(A, xp)
+    be = _backend.backend_of(A, xp)
     omega = state.omega if state.omega is not None else _first_omega(A.shape[0], k, A, xp, seed)
     C = be.to_core(A.T @ omega)  # n x k: the only pass over A besides the product below
     if not _linalg._finite(be.cxp, C):
@@ -56,7 +56,7 @@ def sketch_update(state: SketchState, A: Any, decay: float | None, seed: Any, k:
     return SketchState(omega, be.detach(Y), state.n_updates + 1)
 
 
-def nystrom_from_sketch(omega: Any, Y: Any, rank: int, be: _array.Backend, rng: Any) -> EighResult:
+def nystrom_from_sketch(omega: Any, Y: Any, rank: int, be: _backend.Backend, rng: Any) -> EighResult:
     """Rank-``rank`` eigenpairs of ``Y (Omega^T Y)^+ Y^T`` (Tropp et al. 2017, Alg. 3).
 
     The shift ``nu = sqrt(d) eps |Y|_F`` makes the core ``Omega^T (Y + nu Omega)`` positive
@@ -195,7 +195,7 @@ class NystromSketch:
         rank = self.rank if rank is None else _array.check_int(rank, "rank", minimum=1, maximum=self.sketch_size)
         omega, Y = self._state.omega, self._state.sketch
         xp = _array.namespace(("sketch", Y))
-        be = _array.Backend.of(Y, xp)
+        be = _backend.backend_of(Y, xp)
         # The completion of unseen directions draws from a generator of its own, so eigh()
         # gives the same result however often it is called.
         return nystrom_from_sketch(omega, Y, rank, be, _array.as_generator(self.n_updates))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _array
+from . import _array, _backend
 from .brand import _nonnegative
 
 __all__ = ["damped_solve"]
@@ -112,7 +112,7 @@ def _damped_solve(
     is computed once and checked on the client (``check_finite``), and the result comes back
     persisted, chunked like X.
     """
-    be = _array.Backend.of(Q, xp)
+    be = _backend.backend_of(Q, xp)
     if continuation and L.shape[0]:
         low = xp.min(L)
         damping = damping + _array.to_floats(xp, low)[0]

@@ -20,7 +20,7 @@ from conftest import (
     reference_flip,
     to_np,
 )
-from lowrank_online import DecompositionError, _array, _linalg, eigh_update, svd_update
+from lowrank_online import DecompositionError, _backend, _linalg, eigh_update, svd_update
 
 STRUCTURES = ["generic", "duplicate", "zero", "in_span", "scaled", "tiny"]
 
@@ -382,7 +382,7 @@ def test_dense_and_brand_forms_agree_where_both_apply(xp, dtype_name, d, r, n):
     Q, L = random_basis(rng, d, r), np.sort(rng.gamma(2.0, size=r))[::-1]
     A = rng.standard_normal((d, n))
     args = [asarray(xp, a, dtype_name) for a in (L, Q, A)]
-    be = _array.Backend.of(args[1], xp)
+    be = _backend.backend_of(args[1], xp)
     dense = _dense_eigh_update(*args, 0.9, 0.2, None, be, True)
     brand = _brand_eigh_update(*args, 0.9, 0.2, None, be, True)
     assert dense.eigenvectors.shape == brand.eigenvectors.shape == (d, min(d, r + n))
@@ -420,7 +420,7 @@ def test_scaled_gram_is_exact_at_every_scale(dtype_name):
     rng = np.random.default_rng(24)
     A0 = rng.standard_normal((7, 50))
     info = np.finfo(np.dtype(dtype_name))
-    be = _array.Backend(xp, "cpu", np.dtype(dtype_name))
+    be = _backend.backend(xp, "cpu", np.dtype(dtype_name))
     for exponent in (0, info.maxexp - 3, info.minexp + 3, info.minexp - info.nmant + 8):
         A = np.ldexp(A0, exponent).astype(dtype_name)  # a power of two, then rounded once
         G, e = _linalg.scaled_gram(xp.asarray(A), be)  # no over- or underflow warning either

@@ -240,11 +240,11 @@ def test_low_rank_ema_on_dask_equals_numpy(client):
 
 
 def test_gaussian_draws_on_dask_are_the_numpy_draws(client):
-    from lowrank_online import _array
+    from lowrank_online import _backend
 
     rows = (50, 120, 30)
     like = da.zeros((200, 3), chunks=(rows, -1))
-    be = _array.Backend.of(like, dxp)
+    be = _backend.backend_of(like, dxp)
     for dt in (np.float64, np.float32):
         be.dtype = dt
         G = be.normal(np.random.default_rng(123), (200, 7))

@@ -14,7 +14,7 @@ from lowrank_online import (
     FisherBlockOperator,
     KronSumInverse,
     LowRankEMA,
-    _array,
+    _backend,
     _linalg,
     ekfac_update,
     kfac_corrected,
@@ -86,7 +86,7 @@ def test_the_tall_svd_falls_back_to_qr_and_a_small_svd(monkeypatch, kind):
 
     rng = np.random.default_rng(3)
     F = rng.standard_normal((40, 5)) @ np.diag([1.0, 1e-3, 1e-6, 1e-9, 0.0])
-    be = _array.Backend.of(F, xp)
+    be = _backend.backend_of(F, xp)
     U0, s0, _ = _linalg.thin_svd(F, be)
     calls = {"n": 0}
     original = xp.linalg.svd
@@ -112,7 +112,7 @@ def test_orthonormalize_falls_back_from_qr_to_the_svd(monkeypatch, kind):
     rng = np.random.default_rng(4)
     Y = rng.standard_normal((30, 6)) @ np.diag([1.0, 1.0, 1e-12, 1.0, 1.0, 1.0])  # CholeskyQR breaks down
     monkeypatch.setattr(xp.linalg, "qr", _broken(kind, xp.linalg.qr))
-    P = _linalg.orthonormalize(Y, _array.Backend.of(Y, xp))
+    P = _linalg.orthonormalize(Y, _backend.backend_of(Y, xp))
     assert_orthonormal(P, "float64")
     np.testing.assert_allclose(P @ (P.T @ Y), Y, atol=1e-12)
 
@@ -121,7 +121,7 @@ def test_orthonormalize_accepts_a_block_without_columns():
     import array_api_compat.numpy as xp
 
     Y = np.zeros((5, 0))
-    assert _linalg.orthonormalize(Y, _array.Backend.of(Y, xp)).shape == (5, 0)
+    assert _linalg.orthonormalize(Y, _backend.backend_of(Y, xp)).shape == (5, 0)
 
 
 @pytest.mark.parametrize("d", [50, 5])  # the Nystrom path and the dense one

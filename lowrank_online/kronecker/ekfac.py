@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .. import _array, _linalg
+from .. import _array, _backend, _linalg
 from . import _checks
 
 __all__ = ["EKFACFactors", "ekfac_factors", "ekfac_scalings", "ekfac_solve", "ekfac_update"]
@@ -176,7 +176,7 @@ def ekfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> EKFACFactors:
     """
     xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
     n = a.shape[0]
-    be = _array.Backend.of(a, xp)
+    be = _backend.precision_of(a, xp)
     bases = []
     # The bases do not depend on the scales of a and g: from the normalised statistics, so
     # that g^T g and a^T a cannot over- or underflow.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .. import _array, _linalg
+from .. import _array, _backend, _linalg
 from . import _checks
 
 __all__ = ["KronSum", "KronSumInverse"]
@@ -262,7 +262,7 @@ class KronSumInverse:
                 _array.check_symmetric(M, name, xp)
         damping = _array.check_real(damping, "damping", low=0.0)
         dtype = _array.result_dtype(xp, *(M for _, M in names))
-        be = _array.Backend(xp, dev, dtype)
+        be = _backend.Precision(xp, dev, dtype)
         Ac, Bc = be.to_core(A), be.to_core(B)
         if damping > 0.0:
             if pi is None:
@@ -346,7 +346,7 @@ class KronSumInverse:
         return xp.reshape(X, (p * q,)) if vector else X
 
 
-def _whitened_eigh(P: Any, Q: Any, pname: str, qname: str, be: _array.Backend) -> tuple[Any, Any]:
+def _whitened_eigh(P: Any, Q: Any, pname: str, qname: str, be: _backend.Precision) -> tuple[Any, Any]:
     """``K`` with ``K^T P K = I`` and ``K^T Q K = diag(s)`` (P positive definite, Q symmetric)."""
     cxp = be.cxp
     d = P.shape[0]

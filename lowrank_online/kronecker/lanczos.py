@@ -12,7 +12,7 @@ import math
 import warnings
 from typing import Any, NamedTuple
 
-from .. import _array, _linalg
+from .. import _array, _backend, _linalg
 from ..operators import as_operand
 
 __all__ = ["IterativeSVDResult", "lanczos_svd", "power_svd"]
@@ -44,7 +44,7 @@ class IterativeSVDResult(NamedTuple):
     """Operator-vector products spent (a k-column product counts k)."""
 
 
-def _floor(be: _array.Backend, shape: tuple[int, int]) -> float:
+def _floor(be: _backend.Precision, shape: tuple[int, int]) -> float:
     return _FLOOR * math.sqrt(max(shape)) * be.eps
 
 
@@ -189,7 +189,7 @@ def power_svd(
     tol = _array.check_real(tol, "tol", low=0.0)
     max_iter = _array.check_int(max_iter, "max_iter", minimum=1)
     rng = _array.as_generator(seed)
-    be = _array.Backend(xq, op.device, op.dtype)
+    be = _backend.Precision(xq, op.device, op.dtype)
     tol = max(tol, _floor(be, op.shape))
     matvec, rmatvec = _vector_products(op)
     v = _start_vector(v0, n, op, rng)
@@ -383,7 +383,7 @@ def _orthogonal_random(rng: Any, basis: Any, size: int, op: Any) -> Any:
 def _lanczos(op: Any, k: int, kd: int, v: Any, tol: float, max_restarts: int, rng: Any) -> IterativeSVDResult:
     xq = op.xp
     m, n = op.shape
-    be = _array.Backend(xq, op.device, op.dtype)
+    be = _backend.Precision(xq, op.device, op.dtype)
     cxp = be.cxp
     floor = _floor(be, op.shape)
     # A new Lanczos vector at this level (relative to |A|) is rounding noise: an exact breakdown.
