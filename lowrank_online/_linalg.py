@@ -72,11 +72,6 @@ def symmetrize(M: Any) -> Any:
     return (M + M.T) / 2
 
 
-def diag(v: Any, xp: Any) -> Any:
-    """Square diagonal matrix with diagonal ``v`` (the standard has no ``diag`` constructor)."""
-    return xp.eye(v.shape[0], dtype=v.dtype, device=_array.device(v)) * v[None, :]
-
-
 def small_eigh(M: Any, xp: Any) -> tuple[Any, Any]:
     """Eigendecomposition of a small symmetric PSD matrix, eigenvalues descending.
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import array_api_extra as xpx
+
 from . import _array, _backend, _linalg
 from ._results import EighResult, SVDResult
 
@@ -332,7 +334,7 @@ def _brand_eigh_update(
     k = comp.coef_p.shape[0]
     K = cxp.concat([comp.coef_q, comp.coef_p], axis=0)
     held = cxp.concat([be.to_core(L) * decay, be.zeros((k,))])
-    core = weight * (K @ K.T) + _linalg.diag(held, cxp)
+    core = weight * (K @ K.T) + xpx.create_diagonal(held, xp=cxp)
     if not _linalg._finite(cxp, core):  # the updated matrix itself is beyond the core dtype
         raise FloatingPointError("the updated matrix overflows")
     lam, U = _linalg.small_eigh(core, cxp)
@@ -491,7 +493,7 @@ def _svd_update_impl(
     Kb = cxp.concat([cb.coef_q, cb.coef_p], axis=0)
     held = cxp.concat(
         [
-            cxp.concat([_linalg.diag(be.to_core(S), cxp), be.zeros((r, kb))], axis=1),
+            cxp.concat([xpx.create_diagonal(be.to_core(S), xp=cxp), be.zeros((r, kb))], axis=1),
             be.zeros((ka, r + kb)),
         ],
         axis=0,

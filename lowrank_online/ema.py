@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import array_api_extra as xpx
+
 from . import _array, _backend, _linalg
 from ._results import EighResult
 from .brand import _dense_regime, _eigh_update
@@ -74,7 +76,7 @@ def _restore_orthonormality(L: Any, Q: Any, xp: Any) -> EighResult:
     mu, V = _linalg.small_eigh(G, cxp)
     root = cxp.sqrt(mu)
     half = (V * root[None, :]) @ V.T
-    lam, U = _linalg.small_eigh(half @ _linalg.diag(be.to_core(L), cxp) @ half, cxp)
+    lam, U = _linalg.small_eigh(half @ xpx.create_diagonal(be.to_core(L), xp=cxp) @ half, cxp)
     Q_new, _ = _linalg.flip_signs(be.matmul(Q, be.from_core((V / root[None, :]) @ V.T @ U)), xp, be)
     return EighResult(be.from_core(cxp.clip(lam, min=0.0)), be.detach(Q_new))
 

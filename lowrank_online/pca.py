@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import array_api_compat
+import array_api_extra as xpx
 import numpy as np
 
 from . import _array, _backend, _linalg
@@ -234,13 +235,13 @@ def _brand_update(
         D = cxp.asarray(col_scale, dtype=be.cdtype, device=_array.device(comp.coef_q))[None, :]
         core = cxp.concat(
             [
-                cxp.concat([_linalg.diag(held, cxp), comp.coef_q * D], axis=1),
+                cxp.concat([xpx.create_diagonal(held, xp=cxp), comp.coef_q * D], axis=1),
                 cxp.concat([be.zeros((p, r)), comp.coef_p * D], axis=1),
             ],
             axis=0,
         )
     else:  # a first batch of one row, or nothing new
-        comp, core = None, _linalg.diag(held, cxp)
+        comp, core = None, xpx.create_diagonal(held, xp=cxp)
     if core.shape[0]:
         Uc, s, _ = _linalg.small_svd(core, cxp)
     else:

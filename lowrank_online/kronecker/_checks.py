@@ -63,17 +63,6 @@ def shape_pair(value: Any, name: str) -> tuple[int, int]:
     )
 
 
-def kron(L: Any, R: Any, xp: Any) -> Any:
-    """Dense Kronecker product (the array API standard has no ``kron``)."""
-    m1, n1 = L.shape
-    m2, n2 = R.shape
-    return xp.reshape(L[:, None, :, None] * R[None, :, None, :], (m1 * m2, n1 * n2))
-
-
-def symmetrize(M: Any) -> Any:
-    return (M + M.T) / 2
-
-
 def identity_like(M: Any, xp: Any) -> Any:
     return xp.eye(M.shape[0], dtype=M.dtype, device=_array.device(M))
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import array_api_extra as xpx
+
 from .. import _array, _backend, _linalg
 from . import _checks
 
@@ -36,7 +38,7 @@ class EKFACFactors(NamedTuple):
     def to_dense(self) -> Any:
         """The explicit ``(d_g d_a) x (d_g d_a)`` matrix (for tests)."""
         xp = _array.namespace(("basis_g", self.basis_g), ("basis_a", self.basis_a))
-        Q = _checks.kron(self.basis_g, self.basis_a, xp)
+        Q = xpx.kron(self.basis_g, self.basis_a, xp=xp)
         return (Q * xp.reshape(self.scalings, (-1,))[None, :]) @ Q.T
 
     def solve(self, V: Any, *, damping: float, check_finite: bool = True) -> Any:

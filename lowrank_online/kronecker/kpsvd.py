@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _array
+from .. import _array, _linalg
 from . import _checks
 from .fisher import FisherBlockOperator
 from .kronsum import KronSum
@@ -111,8 +111,8 @@ def _pair(res: IterativeSVDResult, i: int, op: FisherBlockOperator, first: bool)
     """``(sqrt(s) mat(u), sqrt(s) mat(v))``, symmetrised; the first term made PSD."""
     xp = op.__array_namespace__()
     root = xp.sqrt(res.S[i])
-    L = _checks.symmetrize(xp.reshape(res.U[:, i], (op.dim_g, op.dim_g)) * root)
-    R = _checks.symmetrize(xp.reshape(res.Vh[i, :], (op.dim_a, op.dim_a)) * root)
+    L = _linalg.symmetrize(xp.reshape(res.U[:, i], (op.dim_g, op.dim_g)) * root)
+    R = _linalg.symmetrize(xp.reshape(res.Vh[i, :], (op.dim_a, op.dim_a)) * root)
     # Prop. 3.2: L and R are semi-definite with one sign; (-L) ⊗ (-R) = L ⊗ R picks PSD.
     # The sign convention on U already makes the largest-magnitude entry of vec(L) positive,
     # which for a semi-definite L is a diagonal entry; the trace test guards rounding ties.

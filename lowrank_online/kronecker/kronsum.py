@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import array_api_extra as xpx
+
 from .. import _array, _backend, _linalg
 from . import _checks
 
@@ -65,9 +67,9 @@ class KronSum(NamedTuple):
     def to_dense(self) -> Any:
         """The explicit ``(m1 m2) x (n1 n2)`` matrix (for tests and small problems)."""
         xp = _namespace(self)
-        out = _checks.kron(self.left[0], self.right[0], xp)
+        out = xpx.kron(self.left[0], self.right[0], xp=xp)
         for L, R in zip(self.left[1:], self.right[1:]):
-            out = out + _checks.kron(L, R, xp)
+            out = out + xpx.kron(L, R, xp=xp)
         return out
 
     def matvec(self, x: Any) -> Any:

@@ -12,6 +12,8 @@ import math
 import warnings
 from typing import Any, NamedTuple
 
+import array_api_extra as xpx
+
 from .. import _array, _backend, _linalg
 from ..operators import as_operand
 
@@ -337,7 +339,6 @@ def lanczos_svd(
     [73.589293, 29.428757, 26.798973]
     """
     op = as_operand(A, "A", xp=xp, check_finite=check_finite)
-    xq = op.xp
     m, n = op.shape
     p = min(m, n)
     if p == 0:
@@ -454,7 +455,7 @@ def _lanczos(op: Any, k: int, kd: int, v: Any, tol: float, max_restarts: int, rn
         Vt[:keep, :] = be.from_core(Yh[:keep, :]) @ Vt[:j, :]
         Vt[keep, :] = Vnext
         B = be.zeros((kd, kd))
-        B[:keep, :keep] = _linalg.diag(s[:keep], cxp)
+        B[:keep, :keep] = xpx.create_diagonal(s[:keep], xp=cxp)
         j = keep
     if not converged:
         worst = float(cxp.max(res / cxp.clip(s[:k], min=floor * s_top))) if s_top > 0 else math.inf

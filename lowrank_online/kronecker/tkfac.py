@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .. import _array
+from .. import _array, _linalg
 from . import _checks
 from .kronsum import KronSum
 
@@ -142,8 +142,8 @@ def tkfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> TKFACFactors:
     total = xp.sum(w)
     if not float(total) > 0.0:
         raise ValueError("the Fisher block is zero (every sample has a = 0 or g = 0); TKFAC is undefined")
-    Phi = _checks.symmetrize(a.T @ (ng[:, None] * a)) / total
-    Psi = _checks.symmetrize(g.T @ (na[:, None] * g)) / total
+    Phi = _linalg.symmetrize(a.T @ (ng[:, None] * a)) / total
+    Psi = _linalg.symmetrize(g.T @ (na[:, None] * g)) / total
     try:
         delta = math.ldexp(float(total) / n, 2 * (ea + eg))
     except OverflowError:

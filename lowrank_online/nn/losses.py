@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_extra as xpx
 import numpy as np
 
 from .. import _array
@@ -42,11 +43,6 @@ def _log_softmax(z: Any, xp: Any) -> Any:
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
 
 
-def _one_hot(y: Any, classes: int, dtype: Any, xp: Any) -> Any:
-    labels = xp.arange(classes, dtype=y.dtype, device=_array.device(y))
-    return xp.astype(y[:, None] == labels[None, :], dtype)
-
-
 class SoftmaxCrossEntropy(Loss):
     """Categorical likelihood of integer labels ``y`` under ``softmax(z)``."""
 
@@ -54,10 +50,10 @@ class SoftmaxCrossEntropy(Loss):
 
     def value(self, z: Any, y: Any, xp: Any) -> Any:
         logp = _log_softmax(z, xp)
-        return -xp.mean(xp.sum(logp * _one_hot(y, z.shape[1], z.dtype, xp), axis=1))
+        return -xp.mean(xp.sum(logp * xpx.one_hot(y, z.shape[1], dtype=z.dtype, xp=xp), axis=1))
 
     def gradient(self, z: Any, y: Any, xp: Any) -> Any:
-        return xp.exp(_log_softmax(z, xp)) - _one_hot(y, z.shape[1], z.dtype, xp)
+        return xp.exp(_log_softmax(z, xp)) - xpx.one_hot(y, z.shape[1], dtype=z.dtype, xp=xp)
 
     def sample(self, z: Any, rng: np.random.Generator, xp: Any) -> Any:
         # inverse-CDF sampling with host uniforms: counts of cumulative probabilities below u
