@@ -7,6 +7,7 @@ Alg. 3 (symmetric Brand's algorithm).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import array_api_extra as xpx
@@ -212,21 +213,32 @@ def _eigh_update(
 def _eigh_update_retried(
     L: Any, Q: Any, A: Any, decay: float, weight: float, rank: int | None, xp: Any, check_finite: bool
 ) -> EighResult:
-    try:
+    def impl(L: Any, Q: Any, A: Any) -> EighResult:
         return _eigh_update_impl(L, Q, A, decay, weight, rank, xp, check_finite)
-    except FloatingPointError as err:
-        if Q.dtype != xp.float32:
-            raise _linalg.DecompositionError(f"Brand update failed: {err}") from err
-    up = [_array.astype(x, xp.float64, xp) for x in (L, Q, A)]
+
+    return _retried_in_float64(impl, [L, Q, A], xp, values=0, tall=1, name="eigenvalues")
+
+
+def _retried_in_float64(
+    impl: Callable[..., Any], arrays: list[Any], xp: Any, *, values: int, tall: int, name: str
+) -> Any:
+    """``impl(*arrays)``; a float32 overflow (``FloatingPointError``) is computed again on
+    float64 copies and cast back, refused when the result's ``values`` entry then overflows
+    float32. Any other failure, or one in float64, is a :class:`DecompositionError`."""
     try:
-        res = _eigh_update_impl(*up, decay, weight, rank, xp, check_finite)
+        return impl(*arrays)
+    except FloatingPointError as err:
+        if arrays[tall].dtype != xp.float32:
+            raise _linalg.DecompositionError(f"Brand update failed: {err}") from err
+    try:
+        res = impl(*[_array.astype(x, xp.float64, xp) for x in arrays])
     except FloatingPointError as err:
         raise _linalg.DecompositionError(f"Brand update failed in float64 too: {err}") from err
-    lam = xp.astype(res.eigenvalues, xp.float32)
-    be = _backend.backend_of(lam, xp)
-    if not be.all_finite(lam):
-        raise _linalg.DecompositionError("updated eigenvalues overflow float32")
-    return EighResult(lam, be.detach(xp.astype(res.eigenvectors, xp.float32)))
+    out = [xp.astype(x, xp.float32) for x in res]
+    be = _backend.backend_of(out[tall], xp)
+    if not be.all_finite(out[values]):
+        raise _linalg.DecompositionError(f"updated {name} overflow float32")
+    return type(res)(*be.detach(*out))
 
 
 def _sorted_spectrum(L: Any, Q: Any, rank: int | None, be: _backend.Backend) -> EighResult:
@@ -456,25 +468,14 @@ def svd_update(
     # An overflow is detected on the cores and results (DecompositionError): NumPy's warnings
     # about it would report a handled case.
     with _array.quiet_floating_point():
-        return _svd_update_retried(args, dt, rank, xp, check_finite)
+        return _svd_update_retried(args, rank, xp, check_finite)
 
 
-def _svd_update_retried(args: list[Any], dt: Any, rank: int | None, xp: Any, check_finite: bool) -> SVDResult:
-    """:func:`_svd_update_impl`, a float32 overflow retried in float64."""
-    try:
-        return _svd_update_impl(*args, rank, xp, check_finite)
-    except FloatingPointError as err:
-        if dt != xp.float32:
-            raise _linalg.DecompositionError(f"Brand update failed: {err}") from err
-    try:
-        res = _svd_update_impl(*[xp.astype(x, xp.float64) for x in args], rank, xp, check_finite)
-    except FloatingPointError as err:
-        raise _linalg.DecompositionError(f"Brand update failed in float64 too: {err}") from err
-    out = SVDResult(*(xp.astype(x, xp.float32) for x in res))
-    be = _backend.backend_of(out.U, xp)
-    if not be.all_finite(out.S):
-        raise _linalg.DecompositionError("updated singular values overflow float32")
-    return SVDResult(*be.detach(out.U, out.S, out.Vh))
+def _svd_update_retried(args: list[Any], rank: int | None, xp: Any, check_finite: bool) -> SVDResult:
+    def impl(*arrays: Any) -> SVDResult:
+        return _svd_update_impl(*arrays, rank, xp, check_finite)
+
+    return _retried_in_float64(impl, args, xp, values=1, tall=0, name="singular values")
 
 
 def _svd_update_impl(
