@@ -30,7 +30,9 @@ import numpy as np
 
 from .. import _array, _linalg
 from ..brand import DENSE_FRACTION
-from ..ema import EMAState, _b_update, _correct, _restore_orthonormality
+# The tracker's pure steps (B-update, light correction, re-orthonormalisation) are shared with
+# LowRankEMA so that a K-factor follows exactly the documented tracker; they are not public API.
+from ..ema import EMAState, _b_update, _correct, _reorthonormalized
 from ..operators import as_operand
 from ..randomized import reigh
 from ..solve import _damped_solve
@@ -247,12 +249,8 @@ def update(state: FactorState, X: Any, k: int, spec: FactorSpec, config: Curvatu
                 n_modes = max(1, int(round(config.phi_crc * pool)))
                 idx = _array.choice(_rng(spec, k), pool, n_modes)
                 ema_state = _correct(ema_state, as_operand(dense, "dense", check_finite=False), idx, xp)
-            every = spec.reorthonormalize_every
-            if every and ema_state.n_updates % every == 0:
-                L, Q = _restore_orthonormality(ema_state.eigenvalues, ema_state.eigenvectors, xp)
-            else:
-                L, Q = ema_state.eigenvalues, ema_state.eigenvectors
-            n_brand = ema_state.n_updates
+            ema_state = _reorthonormalized(ema_state, n_brand, spec.reorthonormalize_every or None, xp)
+            L, Q, n_brand = ema_state
     elif _due(state.n_stats, k, config.T_inv):
         L, Q = _dense_inverse(spec, kind, dense, k, config, xp)
     return FactorState(kind, dense, L, Q, state.n_stats + 1, n_brand)
