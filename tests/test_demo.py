@@ -110,6 +110,19 @@ def test_threads_must_be_positive():
         demo.main(["--threads", "0"])
 
 
+def test_threads_auto_limits_to_one_when_the_machine_is_oversubscribed(monkeypatch, capsys):
+    asked = []
+    monkeypatch.setattr(demo._threads, "check_oversubscription",
+                        lambda: "2 BLAS/OpenMP threads on 2 cores with a load of 3.0: slow; pass --threads 1")
+    monkeypatch.setattr(demo._threads, "limit_threads", lambda n: asked.append(n))
+    assert demo.main(["--quick", "--section", "solve", "--no-progress"]) == 0
+    assert asked == [1]
+    assert "note: 2 BLAS/OpenMP threads on 2 cores with a load of 3.0: slow; running with 1 thread" in capsys.readouterr().out
+    asked.clear()
+    assert demo.main(["--quick", "--section", "solve", "--no-progress", "--threads", "2"]) == 0
+    assert asked == [2]
+
+
 def test_module_run_exits_zero_and_prints_a_summary():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "lowrank_online.demo", "--quick"], check=False, cwd=ROOT, env=env,

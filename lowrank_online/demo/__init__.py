@@ -2,7 +2,7 @@
 
 ``python -m lowrank_online.demo`` runs every section (about a minute on 2 idle cores);
 ``--quick`` shrinks the sizes (about 10 s), ``--section NAME`` runs one section, ``--threads N``
-limits the BLAS pools. Every check prints its value, its tolerance and a verdict (``ok`` /
+limits the BLAS pools (by default to 1 thread when they would oversubscribe a loaded machine). Every check prints its value, its tolerance and a verdict (``ok`` /
 ``FAILED``); the run ends with a one-line summary and exits with status 1 when a check failed.
 Sections that need an optional package (scikit-learn for ``pca`` and the quick ``training``,
 ``dask[array]`` and ``distributed`` for ``dask``) are skipped with the reason when it is missing.
@@ -117,28 +117,41 @@ def run(names: Sequence[str] | None = None, *, quick: bool = False,
     return result
 
 
+def _apply_threads(requested: str) -> tuple[object, str | None]:
+    """Apply ``--threads``; return what holds the limit and a note for the report (``None``: nothing to say)."""
+    with warnings.catch_warnings():  # the note goes into the report instead
+        warnings.simplefilter("ignore", _threads.OversubscriptionWarning)
+        if requested != "auto":
+            limits = _threads.limit_threads(int(requested))
+            return limits, _threads.check_oversubscription()  # an explicit N can still oversubscribe
+        note = _threads.check_oversubscription()
+        if note is None:
+            return None, None
+        return _threads.limit_threads(1), (note.partition("; pass --threads")[0]
+                                           + "; running with 1 thread (--threads N to choose)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit status (1 when a check failed)."""
     parser = argparse.ArgumentParser(prog="python -m lowrank_online.demo", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: about 10 s instead of a minute")
     parser.add_argument("--section", choices=list(SECTIONS), action="append", help="run only these sections")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="limit the BLAS / OpenMP thread pools to N threads (1 on a shared machine)")
+    parser.add_argument("--threads", default="auto", metavar="N",
+                        help="BLAS / OpenMP threads: a positive integer, or 'auto': 1 when the pools and the "
+                             "machine's load would oversubscribe its cores, "
+                             "the libraries' default otherwise")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (they go to stderr)")
     args = parser.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be a positive integer, got {args.threads}")
-    limits = _threads.limit_threads(args.threads)  # noqa: F841 - holds the limit for the whole run
+    if args.threads != "auto" and not (args.threads.isdigit() and int(args.threads) >= 1):
+        parser.error(f"--threads must be a positive integer or 'auto', got {args.threads!r}")
+    _limits, note = _apply_threads(args.threads)  # _limits holds the limit for the whole run
     set_progress(False if args.no_progress else None)
     names = args.section or list(SECTIONS)
     mode = "quick" if args.quick else "full"
     print("lowrank_online demo (CPU, NumPy backend)")
     print(f"expected: about {expected_seconds(names, args.quick):.0f} s ({mode}) on 2 idle cores, "
           "longer on a loaded machine")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", _threads.OversubscriptionWarning)
-        note = _threads.check_oversubscription()
     if note is not None:
         print(f"note: {note}")
     print()
