@@ -24,7 +24,7 @@ from .. import _threads
 from . import core, dask, kronecker, pca, training
 from ._report import Check, Section, set_progress, summary
 
-__all__ = ["SECTIONS", "Check", "Result", "Section", "main", "run"]
+__all__ = ["SECTIONS", "Check", "Result", "Section", "expected_seconds", "main", "missing", "run"]
 
 
 @dataclass(frozen=True)
