@@ -769,9 +769,11 @@ def test_batches_wider_than_the_features_take_the_dense_path_and_equal_scikit_le
 
 
 def test_demo_section_reports_agreement_and_speed():
-    from lowrank_online import _pca_demo
+    from lowrank_online.demo import pca as pca_demo
 
-    out = _pca_demo.section(True)
-    assert "StreamingPCA against scikit-learn's IncrementalPCA" in out and "faster" in out
-    comp = float(out.split("agreement: components ")[1].split()[0])
-    assert comp < 1e-10
+    out = pca_demo.section(True)
+    assert "StreamingPCA against scikit-learn's IncrementalPCA" in out.title
+    assert any("per partial_fit" in line for line in out.lines)
+    checks = {c.name: c for c in out.checks}
+    assert checks["components, max |difference|"].value < 1e-10
+    assert all(c.passed for c in out.checks), out.checks
