@@ -234,7 +234,8 @@ def curvature_table(quick: bool = False, period: int = 25) -> str:
             f"{method:<8} {inv:>14.3f}s {st:>12.3f}s {ap:>10.4f}s {fm:>9.4f}s {ps:>14.4f}s "
             f"{inv / base[1]:>9.1f}x {ps / base[5]:>10.1f}x"
         )
-    lines.append("(x: relative to bkfac; 'form step' is G~^T A~ of the factored application, which replaces forming the gradient)")
+    lines.append("(x: relative to bkfac; 'form step' is G~^T A~ of the factored application, "
+                 "which replaces forming the gradient)")
     return "\n".join(lines)
 
 

@@ -183,7 +183,8 @@ def stream_report(res: dict[str, Any]) -> str:
     ]
     for k, m in sorted(res["marks"].items()):
         rss = " / ".join(f"{r / 2**20:.0f}" for r in m["rss"])
-        lines.append(f"{k:>7} {m['graph']:>10} {m['tasks']:>16} {m['keys']:>12} {m['managed'] / 2**20:>12.2f} {rss:>16} "
+        lines.append(f"{k:>7} {m['graph']:>10} {m['tasks']:>16} {m['keys']:>12} {m['managed'] / 2**20:>12.2f} "
+                     f"{rss:>16} "
                      f"{m['metrics']:>15} {m['spans']:>6}")
     return "\n".join(lines)
 
@@ -201,7 +202,8 @@ def run(quick: bool = False, *, ds: list[int] | None = None, rows: int | None = 
         for d in ds:
             out["dask"][d] = time_dask_update(client, d, rows, repeat)
             for t in batches:
-                out["svd_compressed"].setdefault(t, {})[d] = time_svd_compressed(client, d, rows, t, 1 if d >= 1_000_000 else repeat)
+                reps = 1 if d >= 1_000_000 else repeat
+                out["svd_compressed"].setdefault(t, {})[d] = time_svd_compressed(client, d, rows, t, reps)
     for d in ds:
         if numpy_max is None or d <= numpy_max:
             out["numpy"][d] = time_numpy_update(d, 1 if d >= 1_000_000 else repeat)
@@ -235,7 +237,8 @@ def report(res: dict[str, Any]) -> str:
         lines.append(row)
     lines += ["", "flops per update and per recomputation (at the largest d):"]
     d = ds[-1]
-    lines.append(f"  update            {update_flops(d) / 1e9:8.1f} GFLOP  (4drn + dn(n+1) + 2d(r+n)^2 = {update_flops(d) / d:.0f} d)")
+    lines.append(f"  update            {update_flops(d) / 1e9:8.1f} GFLOP  "
+                 f"(4drn + dn(n+1) + 2d(r+n)^2 = {update_flops(d) / d:.0f} d)")
     for t in batches:
         f = svd_compressed_flops(d, BATCH * t)
         lines.append(f"  svd_compressed T={t:<2} {f / 1e9:7.1f} GFLOP  ({f / update_flops(d):.1f}x the update)")
@@ -243,7 +246,8 @@ def report(res: dict[str, Any]) -> str:
         "passes over the tall data per update: 3 GEMM passes (Q^T A; W = A - Q C with W^T W; [Q W] Z),",
         "  then the sign reduction over the new basis; svd_compressed reads X 2q+2 = 6 times and",
         "  runs a tall-skinny QR of a d x 74 block. Client round trips per update: 2.",
-        f"tasks per update at d = {d}: " + ", ".join(f"{k} {v}" for k, v in sorted(res['dask'][d]['task_kinds'].items())),
+        f"tasks per update at d = {d}: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(res['dask'][d]['task_kinds'].items())),
         "",
         "fitted exponent p of time ~ d^p:",
     ]
@@ -252,7 +256,8 @@ def report(res: dict[str, Any]) -> str:
     for name, pts in series:
         if len(pts) >= 2:
             xs = sorted(pts)
-            lines.append(f"  {name:<20} p = {_measure.fitted_exponent(xs, [pts[x] for x in xs]):.2f}  (d = {xs[0]}..{xs[-1]})")
+            p = _measure.fitted_exponent(xs, [pts[x] for x in xs])
+            lines.append(f"  {name:<20} p = {p:.2f}  (d = {xs[0]}..{xs[-1]})")
     return "\n".join(lines)
 
 
