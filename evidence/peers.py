@@ -71,7 +71,8 @@ from lowrank_online import (  # noqa: E402
     reigh,
     rsvd,
 )
-from lowrank_online.bench import fitted_exponent, gemm_rate  # noqa: E402
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))  # the one timer and GEMM rate
+from _measure import fitted_exponent, gemm_rate  # noqa: E402
 from _publish import publish, pyplot  # noqa: E402
 
 SECTIONS = ("ea", "svd", "psd", "lanczos", "fisher")

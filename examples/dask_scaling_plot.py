@@ -1,6 +1,6 @@
 """Plot the time of one streaming update on Dask against d, with its peers (docs/scaling.rst).
 
-Reads the figures that ``python -m lowrank_online.bench_dask --json PATH`` wrote, or runs the
+Reads the figures that ``python benchmarks/bench_dask.py --json PATH`` wrote, or runs the
 benchmark itself when no file is given (``--quick`` for a smoke run), and draws time against d
 on log-log axes: the Dask update, the same update in one NumPy process, and
 ``dask.array.linalg.svd_compressed`` on the concatenated stream of T batches. A dotted line
@@ -17,7 +17,7 @@ import json
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--from", dest="source", help="JSON written by python -m lowrank_online.bench_dask --json")
+    parser.add_argument("--from", dest="source", help="JSON written by python benchmarks/bench_dask.py --json")
     parser.add_argument("--quick", action="store_true", help="run the quick benchmark instead")
     parser.add_argument("--out", default="dask_scaling.png")
     args = parser.parse_args(argv)
@@ -26,7 +26,13 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.source) as fh:
             res = json.load(fh)
     else:
-        from lowrank_online import bench_dask
+        import pathlib
+        import sys
+
+        # The benchmark lives in the repository's benchmarks/ folder (not installed), whose modules
+        # import each other by bare name.
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+        import bench_dask
 
         res = json.loads(json.dumps(bench_dask.run(args.quick), default=str))
 

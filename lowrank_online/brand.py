@@ -119,19 +119,23 @@ def eigh_update(
     columns). The new basis is never formed: it is folded into the final rotation, one GEMM
     of ``[Q W]`` with a small matrix.
 
-    Cost: ``6drn + 2dn^2 + 2d(r+n)m`` flops in the tall dtype (``m`` output columns) plus
-    ``O((r+n)^3)`` for the core, computed in float64; memory ``O(d(r+n))``. No d x d
-    matrix is formed unless ``r + n >= 3d/4``, where the output itself is nearly that large.
+    Cost: ``4drn + dn(n+1) + 2d(r+n)m`` flops in the tall dtype (``m`` output columns:
+    ``Q^T A``, ``Q C``, the symmetric Gram matrix ``W^T W`` and the final rotation; 744,224 d
+    at r = 220, n = 256, m = r + n), ``2drn`` more when the batch lies mostly in ``span(Q)``
+    and the re-orthogonalisation runs, plus ``O((r+n)^3)`` for the core, computed in float64
+    (the flop model of ``benchmarks/_measure.py``); memory ``O(d(r+n))``. No d x d matrix is
+    formed unless ``r + n >= 3d/4``, where the output itself is nearly that large.
 
     Wide increments (``r + n >= 3d/4`` and in particular ``n > d``, e.g. a convolution
     layer's ``batch x positions`` columns): the update needs A only through ``A A^T``, so A
-    is compressed to that d x d Gram matrix (``2 d^2 n`` flops in the tall dtype, with a
+    is compressed to that d x d Gram matrix (``d (d + 1) n`` flops in the tall dtype, with a
     power-of-two scale that keeps it from overflowing or underflowing) and the core is the
     d x d matrix ``decay Q diag(L) Q^T + weight A A^T`` itself, eigendecomposed in float64:
     Brand's update with ``[Q P]`` the whole space, which it is once ``r + k = d``. Cost
-    ``2 d^2 (n + r) + O(d^3)`` flops, memory ``O(d^2)`` beyond A; no n x n array, nothing
-    cubic in n. The result has ``min(d, r + n)`` columns (the trailing eigenvalues of a
-    rank-deficient update are then at rounding level). At d = 145, n = 4096, r = 64 one
+    ``d (d + 1) (n + r) + O(d^3)`` flops (two symmetric products and the eigendecomposition),
+    memory ``O(d^2)`` beyond A; no n x n array, nothing cubic in n. The result has
+    ``min(d, r + n)`` columns (the trailing eigenvalues of a rank-deficient update are then at
+    rounding level). At d = 145, n = 4096, r = 64 one
     update takes about 2.8 ms on the 2-core test machine, 1.1-1.2x the dense
     ``eigh(rho M + (1 - rho) A A^T)`` it stands in for (the same GEMM and eigendecomposition);
     it took 33-82 s through the n x n Gram matrix of the complement. Not on Dask, where d is

@@ -37,7 +37,9 @@ from lowrank_online import (  # noqa: E402
     save_state,
     svd_update,
 )
-from lowrank_online.bench_dask import _scheduler_tasks, _worker_memory  # noqa: E402  (the bench's probes)
+# The probes benchmarks/bench_dask.py reports the stream footprint with (benchmarks/_measure.py, not
+# installed; the repository root is on pytest's pythonpath): this test bounds the same figures.
+from benchmarks._measure import scheduler_tasks, worker_memory  # noqa: E402
 
 CHUNK = 96  # rows per block: several blocks, and a ragged last one
 
@@ -264,7 +266,7 @@ def _settled_scheduler_tasks(client, held, timeout=30.0):
     """
     deadline = time.monotonic() + timeout
     while True:
-        count = client.run_on_scheduler(_scheduler_tasks)
+        count = client.run_on_scheduler(scheduler_tasks)
         if count <= held or time.monotonic() > deadline:
             return count
         time.sleep(0.05)
@@ -298,7 +300,7 @@ def test_long_stream_stays_orthonormal_with_a_bounded_graph_and_bounded_worker_m
             seen[k] = {
                 "graph": len(ema.eigenvectors.__dask_graph__()),
                 "tasks": _settled_scheduler_tasks(client, held=2),
-                "workers": client.run(_worker_memory),
+                "workers": client.run(worker_memory),
             }
     assert ema.n_updates == 1000
     assert_orthonormal(ema.eigenvectors.compute(), "float64")

@@ -662,7 +662,7 @@ def _dask_rows(X, chunk=FEATURE_CHUNK, sample_chunk=-1):
 @pytest.mark.parametrize(("dtype_name", "decay"), [("float64", None), ("float32", 0.9)])
 def test_dask_fit_and_stream_equal_numpy_and_the_factor_stays_on_the_workers(client, decay, dtype_name):
     da = pytest.importorskip("dask.array")
-    from lowrank_online.bench_dask import _scheduler_tasks
+    from benchmarks._measure import scheduler_tasks  # the probe of benchmarks/bench_dask.py's footprint table
 
     rng = np.random.default_rng(30)
     d = 500
@@ -687,9 +687,9 @@ def test_dask_fit_and_stream_equal_numpy_and_the_factor_stays_on_the_workers(cli
     # the scheduler holds the state's blocks (factor, mean, variance) and no lineage
     held_keys = 3 * len(blocks)
     deadline = time.monotonic() + 30
-    while client.run_on_scheduler(_scheduler_tasks) > held_keys and time.monotonic() < deadline:
+    while client.run_on_scheduler(scheduler_tasks) > held_keys and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert client.run_on_scheduler(_scheduler_tasks) == held_keys
+    assert client.run_on_scheduler(scheduler_tasks) == held_keys
     _assert_like(_computed(est), ref, dtype_name, factor)
     Y = _dask_rows(X[:30])
     out = est.transform(Y)  # lazy, like every method's output on Dask

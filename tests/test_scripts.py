@@ -1,4 +1,5 @@
-"""The README's commands, the bench script and the examples keep working (the main-job demo: test_demo.py)."""
+"""The README's commands and the examples keep working (the main-job demo: test_demo.py; the bench
+tables: tests/scripts/test_bench_scripts.py)."""
 
 from __future__ import annotations
 
@@ -27,16 +28,6 @@ def test_readme_starts_with_exactly_two_commands_and_ci_runs_the_second():
     assert "lowrank_online.demo" in commands[0]
     assert "pytest" in commands[1]
     assert commands[1] in (ROOT / ".ci" / "run").read_text()
-
-
-def test_bench_quick():
-    out = _run("-m", "lowrank_online.bench", "--quick")
-    assert "fitted exponent" in out and "GEMM" in out
-
-
-def test_bench_wide_quick():
-    out = _run("-m", "lowrank_online.bench", "wide", "--quick")
-    assert "against the dense alternative" in out and "n = 1024 / n = 512" in out
 
 
 def test_fisher_approximation_errors_example(tmp_path):
@@ -80,20 +71,6 @@ def test_cli_rejects_unknown_methods():
 def test_torch_embedding_example_runs():
     out = _run("examples/torch_embedding.py", "--epochs", "1")
     assert "test accuracy" in out and "Tensor" in out
-
-
-def test_dask_bench_plot_and_stream_footprint(tmp_path):
-    pytest.importorskip("dask.array")
-    pytest.importorskip("distributed")
-    figures = tmp_path / "bench.json"
-    out = _run("-m", "lowrank_online.bench", "dask", "--quick", "--ds", "20000,40000", "--batches", "2",
-               "--json", str(figures))
-    assert "svd_c T=2" in out and "Dask update" in out and "fitted exponent" in out
-    pytest.importorskip("matplotlib")
-    plot = _run("examples/dask_scaling_plot.py", "--from", str(figures), "--out", str(tmp_path / "scaling.png"))
-    assert "wrote" in plot and (tmp_path / "scaling.png").stat().st_size > 0
-    out = _run("-m", "lowrank_online.bench_dask", "--stream", "30")
-    assert "scheduler tasks" in out and "median" in out
 
 
 def test_dask_streaming_pca_example():

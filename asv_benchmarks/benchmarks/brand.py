@@ -4,7 +4,7 @@ import numpy as np
 
 from lowrank_online import eigh_update, svd_update
 
-from .common import BATCH, RANK, b_update_problem, best_time, gemm_rate
+from .common import BATCH, RANK, _measure, b_update_problem, best_time, gemm_rate
 
 RANK_WIDE = 64  # held rank of the wide-batch benchmark (the issue's convolution layer)
 
@@ -26,9 +26,9 @@ class EighUpdate:
         eigh_update(self.L, self.Q, self.A, decay=0.95, weight=0.05)
 
     def track_gemm_fraction(self, d, dtype):
-        """Fraction of the measured GEMM rate under the model 4drn + 4dn^2 + 2d(r+n)^2."""
-        r, n = RANK, BATCH
-        flops = 4 * d * r * n + 4 * d * n * n + 2 * d * (r + n) ** 2
+        """Fraction of the measured GEMM rate under the flop model of benchmarks/_measure.py
+        (4drn + dn(n+1) + 2d(r+n)^2)."""
+        flops = _measure.eigh_update_flops(d, RANK, BATCH)
         t = best_time(lambda: eigh_update(self.L, self.Q, self.A, decay=0.95, weight=0.05))
         return flops / t / gemm_rate(np.dtype(dtype))
 

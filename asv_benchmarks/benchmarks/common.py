@@ -1,11 +1,22 @@
-"""Shared problem builders and measurement helpers for the asv suite."""
+"""Shared problem builders and measurement helpers for the asv suite.
+
+The timer, the GEMM rate and the flop models are the repository's one copy,
+``benchmarks/_measure.py`` (not installed). asv imports this folder as the package
+``benchmarks``, which shadows the repository's top-level ``benchmarks/`` folder, so that folder
+is put on ``sys.path`` and its modules are imported by bare name (``_measure``, ``bench_dask``),
+as its own scripts import them.
+"""
 
 import math
 import os
+import pathlib
+import sys
 
 import numpy as np
 
-from lowrank_online._timing import timed
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import _measure
 
 # The cases that take minutes per call (Dask at 2,000,000 rows, the dense K-FAC eigendecomposition
 # at 4097) run only with LOWRANK_ASV_LARGE=1, so that the default `asv run --quick` stays within
@@ -31,20 +42,14 @@ def psd_matrix(d, k=RANK + BATCH, dtype=np.float64, seed=0):
     return (B @ B.T / k + 1e-4 * np.eye(d)).astype(dtype)
 
 
-def best_time(fn, repeat=3):
-    """Best of ``repeat`` calls after a warm-up (the library's timer, as its bench script uses)."""
-    return timed(fn, repeat)[0]
-
+best_time = _measure.best_time
 
 _GEMM = {}
 
 
 def gemm_rate(dtype=np.float64, n=2048):
-    """The machine's measured GEMM rate (flop/s), cached per process."""
+    """:func:`_measure.gemm_rate` (square n x n, best of 5), measured once per process and dtype."""
     key = np.dtype(dtype).name
     if key not in _GEMM:
-        rng = np.random.default_rng(0)
-        a = rng.standard_normal((n, n)).astype(dtype)
-        b = rng.standard_normal((n, n)).astype(dtype)
-        _GEMM[key] = 2.0 * n**3 / best_time(lambda: a @ b, 5)
+        _GEMM[key] = _measure.gemm_rate(n, 5, dtype)
     return _GEMM[key]

@@ -2,7 +2,7 @@
 
 Layer of 4096 inputs x 1024 outputs, batch 256, r = 220; kfac only with LOWRANK_ASV_LARGE=1. Every step recomputes the
 inverse representation (T_inv = T_Brand = T_RSVD = T_corct = 1), so the time is that of an
-inverse-update step; amortised figures come from ``python -m lowrank_online.bench curvature``.
+inverse-update step; amortised figures come from ``python benchmarks/bench.py curvature``.
 """
 
 import numpy as np

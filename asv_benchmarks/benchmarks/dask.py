@@ -8,7 +8,7 @@ over a stream (task records on the scheduler). Skipped when dask or distributed 
 
 import importlib.util
 
-from .common import LARGE, best_time
+from .common import LARGE, _measure, best_time  # common puts benchmarks/ (bench_dask.py) on sys.path
 
 ROWS = 50_000
 HAVE_DASK = importlib.util.find_spec("dask") is not None and importlib.util.find_spec("distributed") is not None
@@ -24,7 +24,7 @@ class DaskEighUpdate:
     def setup(self, d):
         if not HAVE_DASK:
             raise NotImplementedError("dask[array] and distributed are not installed")
-        from lowrank_online import bench_dask
+        import bench_dask
 
         self._cluster = bench_dask.cluster()
         self.client = self._cluster.__enter__()
@@ -43,7 +43,7 @@ class DaskEighUpdate:
 
     def track_speedup_over_svd_compressed_8_batches(self, d):
         """svd_compressed (k = 64, 2 power iterations) on d x 512 over one streaming update."""
-        from lowrank_online import bench_dask
+        import bench_dask
 
         t_update = best_time(self._update, 2)
         return bench_dask.time_svd_compressed(self.client, d, ROWS, 8, 1) / t_update
@@ -52,7 +52,7 @@ class DaskEighUpdate:
 
     def track_slowdown_against_numpy(self, d):
         """Dask update time over one NumPy process's (2 BLAS threads) at the same d."""
-        from lowrank_online import bench_dask
+        import bench_dask
 
         t_update = best_time(self._update, 2)
         return t_update / bench_dask.time_numpy_update(d, 1)
@@ -66,6 +66,6 @@ class DaskEighUpdate:
         L, Q = self.L, self.Q
         for _ in range(20):
             L, Q = eigh_update(L, Q, self.A, decay=0.95, weight=0.05, rank=64)
-        return self.client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+        return self.client.run_on_scheduler(_measure.scheduler_tasks)
 
     track_scheduler_records_after_20_updates.unit = "tasks"

@@ -6,7 +6,7 @@ import numpy as np
 
 from lowrank_online import FisherBlockOperator, KronSumInverse, kpsvd, lanczos_svd, nearest_kron, power_svd
 
-from .common import BATCH, best_time, gemm_rate
+from .common import BATCH, _measure, best_time, gemm_rate
 
 
 def fisher_statistics(n, d_a, d_g, seed=0):
@@ -44,8 +44,8 @@ class FisherProduct:
         self.op.matmat(self.v)
 
     def track_gemm_fraction(self, d):
-        """Fraction of the machine's GEMM rate under the model 2 N d^2 + 2 N d^2 flops."""
-        flops = 4.0 * BATCH * d * d
+        """Fraction of the machine's GEMM rate under the flop model of benchmarks/_measure.py (4 N d^2)."""
+        flops = _measure.fisher_product_flops(BATCH, d, d)
         return flops / best_time(lambda: self.op.matmat(self.v), 5) / gemm_rate()
 
     track_gemm_fraction.unit = "fraction"

@@ -1,10 +1,11 @@
 """Ratio tables: the B-update against its peers, and the preconditioners against each other.
 
-Run ``python -m lowrank_online.bench`` (a few minutes on 2 cores; ``--quick`` for a smoke run).
-``python -m lowrank_online.bench curvature`` prints the curvature table of paper 001's FC
-layer 0 (see :func:`curvature_table`; the dense K-FAC eigendecomposition of the 16385 x 16385
-factor alone takes several minutes); ``python -m lowrank_online.bench dask`` the Dask table of
-:mod:`lowrank_online.bench_dask`; ``python -m lowrank_online.bench wide`` the B-update with
+Run ``python benchmarks/bench.py`` from the repository root (a few minutes on 2 cores;
+``--quick`` for a smoke run). ``python benchmarks/bench.py curvature`` prints the curvature
+table of paper 001's FC layer 0 (see :func:`curvature_table`; the dense K-FAC
+eigendecomposition of the 16385 x 16385 factor alone takes several minutes);
+``python benchmarks/bench.py dask`` the Dask table of ``bench_dask.py`` (its options follow,
+``python benchmarks/bench_dask.py -h``); ``python benchmarks/bench.py wide`` the B-update with
 batches wider than the dimension (see :func:`wide_batch_table`). The default table prints,
 from one run on one machine:
 
@@ -13,47 +14,32 @@ from one run on one machine:
   of the explicit d x d average and against scikit-learn's ``randomized_svd`` of it at the
   tracked rank, at d = 4096 and 8192, with the ratios;
 * the fraction of the GEMM rate ``eigh_update`` reaches under the flop model
-  ``4drn + 4dn^2 + 2d(r+n)^2``;
+  :func:`_measure.eigh_update_flops` (``4drn + dn(n+1) + 2d(r+n)^2``);
 * the fitted exponent p of time ~ d^p for every method.
 
 The asv suite in ``asv_benchmarks/`` tracks the same functions over time; this script is the
-one-shot comparison for the docs.
+one-shot comparison for the docs. Timer, GEMM rate, exponent and flop model come from
+``_measure.py`` in this folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
-from collections.abc import Callable
 
 import numpy as np
 
-from ._timing import timed
-from .brand import eigh_update
+from lowrank_online import eigh_update
 
+if __package__:  # imported as benchmarks.bench from the repository root
+    from . import _measure
+else:  # python benchmarks/bench.py: this folder is sys.path[0]
+    import _measure
 
-def best_time(fn: Callable[[], object], repeat: int, budget: float = 20.0, warmup: bool = True) -> float:
-    """Best wall time of ``repeat`` calls (fewer once ``budget`` seconds are spent), after one
-    untimed warm-up call unless ``warmup=False``."""
-    return timed(fn, repeat, warmup=warmup, budget=budget)[0]
-
-
-def gemm_rate(n: int = 4096, repeat: int = 5) -> float:
-    """Measured float64 GEMM rate in flop/s (square n x n product)."""
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((n, n)), rng.standard_normal((n, n))
-    return 2.0 * n**3 / best_time(lambda: a @ b, repeat)
-
-
-def fitted_exponent(ds: list[int], ts: list[float]) -> float:
-    """Least-squares slope of log t against log d."""
-    x, y = np.log(np.asarray(ds, float)), np.log(np.asarray(ts, float))
-    return float(np.polyfit(x, y, 1)[0])
-
-
-def b_update_flops(d: int, r: int, n: int) -> float:
-    """The issue's flop model of one B-update."""
-    return 4.0 * d * r * n + 4.0 * d * n * n + 2.0 * d * (r + n) ** 2
+# The tables' timer: no further repeat starts after BUDGET seconds (at least one call runs).
+BUDGET = 20.0
+_best = functools.partial(_measure.best_time, budget=BUDGET)
 
 
 def _problem(d: int, r: int, n: int, seed: int = 0):
@@ -68,8 +54,21 @@ def _dense(L, Q, A, rho):
     return rho * (Q * L) @ Q.T + (1 - rho) * A @ A.T
 
 
+def _dense_alternative(M, A, rho):
+    """What a B-update with a wide batch stands in for: a held d x d average, updated and eigendecomposed."""
+    return np.linalg.eigh(rho * M + (1 - rho) * (A @ A.T))
+
+
+def _seconds(t):
+    return f"{t:.4f}s" if t is not None else "-"
+
+
+def _ratio(t, base):
+    return f"{t / base:.0f}x" if t is not None else "-"
+
+
 def wide_batch_table(quick: bool = False, repeat: int = 15) -> str:
-    """B-update with batches wider than the dimension (issue 11) against the dense alternative.
+    """B-update with batches wider than the dimension against the dense alternative.
 
     A convolution layer's statistics have ``n = batch x positions`` columns, more than the
     dimension d. For (d, n) = (145, 4096), (145, 8192), (10, 2048), r = min(64, d), decay
@@ -95,8 +94,8 @@ def wide_batch_table(quick: bool = False, repeat: int = 15) -> str:
             r = min(64, d)
             L, Q, A = (x.astype(dtype) for x in _problem(d, r, n))
             M = (Q * L) @ Q.T
-            tu = best_time(lambda: eigh_update(L, Q, A, decay=rho, weight=1 - rho), repeat)
-            td = best_time(lambda: np.linalg.eigh(rho * M + (1 - rho) * (A @ A.T)), repeat)
+            tu = _best(functools.partial(eigh_update, L, Q, A, decay=rho, weight=1 - rho), repeat)
+            td = _best(functools.partial(_dense_alternative, M, A, rho), repeat)
             times[dtype, d, n] = tu
             lines.append(f"{dtype:>8} {d:>5} {n:>6} {r:>4} {tu * 1e3:>10.2f}ms {td * 1e3:>8.2f}ms {tu / td:>6.2f}")
     lines.append("")
@@ -106,23 +105,29 @@ def wide_batch_table(quick: bool = False, repeat: int = 15) -> str:
     return "\n".join(lines)
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, *, peers: bool = True, repeat: int | None = None) -> dict:
+    """The core table's figures; ``peers=False`` times only ``eigh_update`` and the GEMM rate
+    (what the GEMM fractions need, a minute instead of several)."""
     r, n, rho = (20, 16, 0.95) if quick else (220, 256, 0.95)
     update_ds = [256, 512, 1024] if quick else [2048, 4096, 8192, 16384]
     eigh_ds = [128, 256, 512] if quick else [1024, 2048, 4096, 8192]
     rsvd_ds = [256, 512] if quick else [2048, 4096, 8192]
-    table_ds = [256, 512] if quick else [4096, 8192]
-    repeat = 3 if quick else 7
+    repeat = repeat or (3 if quick else 7)
 
-    rate = gemm_rate(512 if quick else 4096)
-    out: dict = {"gemm_rate": rate, "r": r, "n": n, "update": {}, "eigh": {}, "rsvd": {}}
+    rate = _measure.gemm_rate(512 if quick else 4096)
+    out: dict = {"gemm_rate": rate, "r": r, "n": n, "update": {}, "update_median": {}, "eigh": {}, "rsvd": {}}
     for d in update_ds:
         L, Q, A = _problem(d, r, n)
-        out["update"][d] = best_time(lambda: eigh_update(L, Q, A, decay=rho, weight=1 - rho), repeat)
+        ts = _measure.timings(functools.partial(eigh_update, L, Q, A, decay=rho, weight=1 - rho), repeat,
+                              budget=BUDGET)
+        out["update"][d], out["update_median"][d] = min(ts), float(np.median(ts))
+    out["table_ds"] = update_ds[1:]
+    if not peers:
+        return out
     for d in eigh_ds:
         L, Q, A = _problem(d, r, n)
         X = _dense(L, Q, A, rho)
-        out["eigh"][d] = best_time(lambda: np.linalg.eigh(X), 3 if d <= 4096 else 1, budget=60.0)
+        out["eigh"][d] = _best(functools.partial(np.linalg.eigh, X), 3 if d <= 4096 else 1, budget=60.0)
     try:
         from sklearn.utils.extmath import randomized_svd
     except ImportError:  # optional peer
@@ -131,8 +136,7 @@ def run(quick: bool = False) -> dict:
         for d in rsvd_ds:
             L, Q, A = _problem(d, r, n)
             X = _dense(L, Q, A, rho)
-            out["rsvd"][d] = best_time(lambda: randomized_svd(X, r, random_state=0), 3, budget=60.0)
-    out["table_ds"] = table_ds
+            out["rsvd"][d] = _best(functools.partial(randomized_svd, X, r, random_state=0), 3, budget=60.0)
     return out
 
 
@@ -142,21 +146,21 @@ def report(res: dict) -> str:
         f"machine float64 GEMM rate: {rate / 1e9:.1f} GFLOP/s (square GEMM, best of several)",
         f"eigh_update: r = {r}, n = {n}, decay 0.95; peers on the explicit d x d average",
         "",
-        f"{'d':>6} {'eigh_update':>12} {'numpy eigh':>11} {'sklearn rsvd':>13} {'x eigh':>8} {'x rsvd':>8} {'GEMM frac':>10}",
+        (f"{'d':>6} {'eigh_update':>12} {'numpy eigh':>11} {'sklearn rsvd':>13} {'x eigh':>8} {'x rsvd':>8} "
+         f"{'GEMM frac':>10} {'(median)':>9}"),
     ]
     for d in res["table_ds"]:
-        tu = res["update"].get(d)
+        tu, tm = res["update"][d], res["update_median"][d]
         te = res["eigh"].get(d)
         tr = res["rsvd"].get(d)
-        if tu is None:
-            L, Q, A = _problem(d, r, n)
-            tu = best_time(lambda: eigh_update(L, Q, A, decay=0.95, weight=0.05), 5)
-        frac = b_update_flops(d, r, n) / tu / rate
-        fmt = lambda t: f"{t:.4f}s" if t is not None else "-"  # noqa: E731
-        ratio = lambda t: f"{t / tu:.0f}x" if t is not None else "-"  # noqa: E731
+        flops = _measure.eigh_update_flops(d, r, n)
         lines.append(
-            f"{d:>6} {fmt(tu):>12} {fmt(te):>11} {fmt(tr):>13} {ratio(te):>8} {ratio(tr):>8} {frac:>10.0%}"
+            f"{d:>6} {_seconds(tu):>12} {_seconds(te):>11} {_seconds(tr):>13} {_ratio(te, tu):>8} "
+            f"{_ratio(tr, tu):>8} {flops / tu / rate:>10.0%} {flops / tm / rate:>9.0%}"
         )
+    lines.append("")
+    lines.append(f"GEMM frac: flop model 4drn + dn(n+1) + 2d(r+n)^2 = {_measure.eigh_update_flops(d, r, n) / d:,.0f} d "
+                 "(benchmarks/_measure.py), over the best (median) time, over the GEMM rate")
     lines.append("")
     lines.append("fitted exponent p of time ~ d^p:")
     for key, name in (("update", "eigh_update"), ("eigh", "numpy.linalg.eigh"), ("rsvd", "sklearn randomized_svd")):
@@ -164,7 +168,7 @@ def report(res: dict) -> str:
         if len(pts) >= 2:
             ds = sorted(pts)
             lines.append(
-                f"  {name:<24} p = {fitted_exponent(ds, [pts[d] for d in ds]):.2f}  (d = {ds[0]}..{ds[-1]})"
+                f"  {name:<24} p = {_measure.fitted_exponent(ds, [pts[d] for d in ds]):.2f}  (d = {ds[0]}..{ds[-1]})"
             )
     return "\n".join(lines)
 
@@ -184,9 +188,9 @@ def curvature_table(quick: bool = False, period: int = 25) -> str:
     """
     import array_api_compat.numpy as xp
 
-    from .curvature import CurvatureConfig, registry
-    from .curvature.damping import Damping
-    from .curvature.families import LayerShape, build
+    from lowrank_online.curvature import CurvatureConfig, registry
+    from lowrank_online.curvature.damping import Damping
+    from lowrank_online.curvature.families import LayerShape, build
 
     d_in, d_out, n, r = (1025, 256, 64, 32) if quick else (16385, 2048, 256, 220)
     rng = np.random.default_rng(0)
@@ -204,25 +208,25 @@ def curvature_table(quick: bool = False, period: int = 25) -> str:
         kind = registry.lookup(method).kinds[0]
         if kind == "brand":
             stats = 0.0  # no dense EA: the batch goes straight into the B-update
-            inverse = best_time(lambda: fam.update(state, a, g, 0), 3)
-            apply_t = best_time(lambda: fam.precondition_factored(state, g / n, a, damping, 1), 3)
+            inverse = _best(functools.partial(fam.update, state, a, g, 0), 3)
+            apply_t = _best(functools.partial(fam.precondition_factored, state, g / n, a, damping, 1), 3)
             G_t, A_t = fam.precondition_factored(state, g / n, a, damping, 1)
-            form = best_time(lambda: G_t.T @ A_t, 3)
+            form = _best(functools.partial(np.matmul, G_t.T, A_t), 3)
         else:
-            stats = best_time(lambda: fam.update(state, a, g, 1), 2)
+            stats = _best(functools.partial(fam.update, state, a, g, 1), 2)
             dense_evd = kind == "eigh" and not quick  # minutes per call: one un-warmed run
-            both = best_time(lambda: fam.update(state, a, g, 0), 1 if dense_evd else 2, warmup=not dense_evd)
+            both = _best(functools.partial(fam.update, state, a, g, 0), 1 if dense_evd else 2, warmup=not dense_evd)
             inverse = max(both - stats, 0.0)
-            apply_t = best_time(lambda: fam.precondition(state, grad, damping, 1), 1 if dense_evd else 2,
-                                warmup=not dense_evd)
+            apply_t = _best(functools.partial(fam.precondition, state, grad, damping, 1), 1 if dense_evd else 2,
+                            warmup=not dense_evd)
             form = 0.0
         per_step = (stats + inverse) / period + apply_t
         rows.append((method, inverse, stats, apply_t, form, per_step))
     lines = [
-        f"curvature of one FC layer: {d_in - 1} (+bias) in x {d_out} out, batch {n}, r = {r}, "
-        f"T_inv = T_Brand = T_updt = {period}",
-        f"{'method':<8} {'inverse update':>15} {'stats update':>13} {'apply/step':>11} {'form step':>10} "
-        f"{'amortised/step':>15} {'inverse x':>10} {'per-step x':>11}",
+        (f"curvature of one FC layer: {d_in - 1} (+bias) in x {d_out} out, batch {n}, r = {r}, "
+         f"T_inv = T_Brand = T_updt = {period}"),
+        (f"{'method':<8} {'inverse update':>15} {'stats update':>13} {'apply/step':>11} {'form step':>10} "
+         f"{'amortised/step':>15} {'inverse x':>10} {'per-step x':>11}"),
     ]
     base = rows[-1]
     for method, inv, st, ap, fm, ps in rows:
@@ -230,14 +234,18 @@ def curvature_table(quick: bool = False, period: int = 25) -> str:
             f"{method:<8} {inv:>14.3f}s {st:>12.3f}s {ap:>10.4f}s {fm:>9.4f}s {ps:>14.4f}s "
             f"{inv / base[1]:>9.1f}x {ps / base[5]:>10.1f}x"
         )
-    lines.append("(x: relative to bkfac; 'form step' is G~^T A~ of the factored application, which replaces forming the gradient)")
+    lines.append("(x: relative to bkfac; 'form step' is G~^T A~ of the factored application, "
+                 "which replaces forming the gradient)")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lowrank_online.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.splitlines()[0])
     parser.add_argument("table", nargs="?", default="core", choices=["core", "curvature", "dask", "wide"])
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds), for smoke tests")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="core table: time eigh_update only (the GEMM fractions), not the peers")
+    parser.add_argument("--repeat", type=int, help="core table: calls of eigh_update per size (default 7)")
     args, rest = parser.parse_known_args(argv)
     if args.table == "wide":
         if rest:
@@ -245,7 +253,11 @@ def main(argv: list[str] | None = None) -> None:
         print(wide_batch_table(quick=args.quick))
         return
     if args.table == "dask":
-        from . import bench_dask  # the Dask table has its own options (python -m lowrank_online.bench_dask -h)
+        # One way only: bench_dask imports _measure, never this module.
+        if __package__:
+            from . import bench_dask
+        else:
+            import bench_dask
 
         bench_dask.main(rest + (["--quick"] if args.quick else []))
         return
@@ -254,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.table == "curvature":
         print(curvature_table(quick=args.quick))
     else:
-        print(report(run(quick=args.quick)))
+        print(report(run(quick=args.quick, peers=not args.no_peers, repeat=args.repeat)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The online core on Dask: one streaming update against recomputing, and against one process.
 
-Run ``python -m lowrank_online.bench_dask`` (several minutes on 2 cores; ``--quick`` for a
-smoke run of seconds). It starts a ``dask.distributed.LocalCluster`` with 2 worker processes
+Run ``python benchmarks/bench_dask.py`` or ``python benchmarks/bench.py dask`` (several minutes on
+2 cores; ``--quick`` for a smoke run of seconds). It starts a ``dask.distributed.LocalCluster`` with 2 worker processes
 of one thread each. Then it prints, from that one run:
 
 * the time of one streaming update, :func:`~lowrank_online.eigh_update` on Dask arrays (held
@@ -12,8 +12,9 @@ of one thread each. Then it prints, from that one run:
   batches, ``d x 64T``, persisted on the cluster. T = 2 is the smallest matrix that carries the
   same information as the update (``[Q L^1/2, A]``); the default stream length is T = 8.
 * the time of the same update in one process with NumPy arrays (2 BLAS threads).
-* the ratios, the flop counts, the passes over the tall data and the tasks per update, and the
-  fitted exponent p of time ~ d^p for every method.
+* the ratios, the flop counts (:func:`_measure.eigh_update_flops` and
+  :func:`_measure.svd_compressed_flops`), the passes over the tall data and the tasks per
+  update, and the fitted exponent p of time ~ d^p for every method.
 
 ``--json PATH`` also writes the figures, for ``examples/dask_scaling_plot.py``. ``--stream N``
 prints instead the footprint of a stream of N small :class:`LowRankEMA` updates: the held
@@ -36,21 +37,25 @@ from typing import Any
 
 import numpy as np
 
-from .bench import best_time, fitted_exponent, gemm_rate
-from .brand import eigh_update
+from lowrank_online import eigh_update
+
+if __package__:  # imported as benchmarks.bench_dask from the repository root
+    from . import _measure
+else:  # run as a script, or imported with this folder on sys.path (bench.py, the asv suite)
+    import _measure
 
 RANK = BATCH = 64
 K_SVD, POWER_ITER, OVERSAMPLE = 64, 2, 10
 
 
-def update_flops(d: int, r: int = RANK, n: int = BATCH) -> float:
-    """Flops of one update on the fast path: Q^T A, the residual, W^T W, the rotation."""
-    return 2.0 * d * r * n + 2.0 * d * r * n + 2.0 * d * n * n + 2.0 * d * (r + n) ** 2
+def update_flops(d: int) -> float:
+    """:func:`_measure.eigh_update_flops` at this table's sizes (r = n = 64, output r + n)."""
+    return _measure.eigh_update_flops(d, RANK, BATCH)
 
 
-def svd_compressed_flops(d: int, cols: int, k: int = K_SVD + OVERSAMPLE, q: int = POWER_ITER) -> float:
-    """Products with X (2q + 2 of them, 2 d cols k flops each) plus the tall-skinny QR."""
-    return (2 * q + 2) * 2.0 * d * cols * k + 4.0 * d * k * k
+def svd_compressed_flops(d: int, cols: int) -> float:
+    """:func:`_measure.svd_compressed_flops` at this table's settings (k = 64 + 10, q = 2)."""
+    return _measure.svd_compressed_flops(d, cols, K_SVD + OVERSAMPLE, POWER_ITER)
 
 
 @contextlib.contextmanager
@@ -66,7 +71,7 @@ def cluster(n_workers: int = 2) -> Iterator[Any]:
 
 def _best(fn: Callable[[], object], repeat: int) -> float:
     """Best of ``repeat`` calls after a warm-up (imports, worker caches, first touch of the blocks)."""
-    return best_time(fn, repeat, budget=math.inf)
+    return _measure.best_time(fn, repeat)
 
 
 def dask_problem(d: int, rows: int, seed: int = 0) -> tuple[Any, Any, Any]:
@@ -74,7 +79,9 @@ def dask_problem(d: int, rows: int, seed: int = 0) -> tuple[Any, Any, Any]:
     import array_api_compat.dask.array as dxp
     import dask.array as da
 
-    from . import _backend, _linalg
+    # The library's own orthonormalisation and detach step, so that the basis is laid out on
+    # the workers as eigh_update's results are (no public function returns a bare basis).
+    from lowrank_online import _backend, _linalg
 
     gen = da.random.default_rng(seed)
     G = gen.standard_normal((d, RANK), chunks=(rows, -1))
@@ -115,13 +122,11 @@ def time_svd_compressed(client: Any, d: int, rows: int, batches: int, repeat: in
         out = dask.persist(u, s, v)
         wait(list(out))
 
-    t = _best(run, repeat)
-    del X
-    return t
+    return _best(run, repeat)
 
 
 def time_numpy_update(d: int, repeat: int) -> float:
-    from . import _array, _backend, _linalg
+    from lowrank_online import _array, _backend, _linalg  # the same basis as dask_problem's
 
     rng = np.random.default_rng(0)
     G = rng.standard_normal((d, RANK))
@@ -132,25 +137,6 @@ def time_numpy_update(d: int, repeat: int) -> float:
     return _best(lambda: eigh_update(L, Q, A, decay=0.95, weight=0.05), repeat)
 
 
-def _scheduler_tasks(dask_scheduler: Any) -> int:
-    return len(dask_scheduler.tasks)
-
-
-def _scheduler_spans(dask_scheduler: Any) -> int:
-    spans = dask_scheduler.extensions.get("spans")
-    return len(getattr(spans, "spans", ()))
-
-
-def _worker_memory(dask_worker: Any) -> dict[str, int]:
-    import psutil
-
-    managed = sum(dask_worker.data.fast.weights.values()) if hasattr(dask_worker.data, "fast") else 0
-    # distributed's cumulative performance metrics, keyed by span (one span per computation)
-    metrics = len(getattr(dask_worker, "digests_total", ())) + len(getattr(dask_worker, "digests_max", ()))
-    return {"keys": len(dask_worker.data), "managed": managed, "rss": psutil.Process().memory_info().rss,
-            "metrics": metrics}
-
-
 def stream_footprint(updates: int = 1000, d: int = 20_000, rows: int = 10_000, rank: int = 16,
                      n: int = 8) -> dict[str, Any]:
     """A :class:`LowRankEMA` fed ``updates`` batches on a fresh cluster: at checkpoints along
@@ -159,7 +145,7 @@ def stream_footprint(updates: int = 1000, d: int = 20_000, rows: int = 10_000, r
     import dask.array as da
     from dask.distributed import wait
 
-    from .ema import LowRankEMA
+    from lowrank_online import LowRankEMA
 
     marks = sorted({m for m in (1, 10, 100, updates // 2, updates) if 1 <= m <= updates})
     ema = LowRankEMA(rank, 0.95)
@@ -174,15 +160,15 @@ def stream_footprint(updates: int = 1000, d: int = 20_000, rows: int = 10_000, r
             times.append(time.perf_counter() - t0)
             if k in marks:
                 wait(ema.eigenvectors)
-                workers = client.run(_worker_memory)
+                workers = client.run(_measure.worker_memory)
                 seen[k] = {
                     "graph": len(ema.eigenvectors.__dask_graph__()),
-                    "tasks": client.run_on_scheduler(_scheduler_tasks),
+                    "tasks": client.run_on_scheduler(_measure.scheduler_tasks),
                     "keys": sum(w["keys"] for w in workers.values()),
                     "managed": sum(w["managed"] for w in workers.values()),
                     "rss": [w["rss"] for w in workers.values()],
                     "metrics": sum(w["metrics"] for w in workers.values()),
-                    "spans": client.run_on_scheduler(_scheduler_spans),
+                    "spans": client.run_on_scheduler(_measure.scheduler_spans),
                 }
     return {"updates": updates, "d": d, "rows": rows, "rank": rank, "n": n,
             "median": float(np.median(times)), "marks": seen}
@@ -190,14 +176,15 @@ def stream_footprint(updates: int = 1000, d: int = 20_000, rows: int = 10_000, r
 
 def stream_report(res: dict[str, Any]) -> str:
     lines = [
-        f"stream of {res['updates']} LowRankEMA updates: d = {res['d']} in blocks of {res['rows']} rows, "
-        f"rank {res['rank']}, batches of {res['n']}; median {res['median'] * 1e3:.0f} ms per update",
-        f"{'update':>7} {'graph keys':>10} {'scheduler tasks':>16} {'worker keys':>12} {'managed MiB':>12} "
-        f"{'worker RSS MiB':>16} {'metric entries':>15} {'spans':>6}",
+        (f"stream of {res['updates']} LowRankEMA updates: d = {res['d']} in blocks of {res['rows']} rows, "
+         f"rank {res['rank']}, batches of {res['n']}; median {res['median'] * 1e3:.0f} ms per update"),
+        (f"{'update':>7} {'graph keys':>10} {'scheduler tasks':>16} {'worker keys':>12} {'managed MiB':>12} "
+         f"{'worker RSS MiB':>16} {'metric entries':>15} {'spans':>6}"),
     ]
     for k, m in sorted(res["marks"].items()):
         rss = " / ".join(f"{r / 2**20:.0f}" for r in m["rss"])
-        lines.append(f"{k:>7} {m['graph']:>10} {m['tasks']:>16} {m['keys']:>12} {m['managed'] / 2**20:>12.2f} {rss:>16} "
+        lines.append(f"{k:>7} {m['graph']:>10} {m['tasks']:>16} {m['keys']:>12} {m['managed'] / 2**20:>12.2f} "
+                     f"{rss:>16} "
                      f"{m['metrics']:>15} {m['spans']:>6}")
     return "\n".join(lines)
 
@@ -208,14 +195,15 @@ def run(quick: bool = False, *, ds: list[int] | None = None, rows: int | None = 
     rows = rows or (10_000 if quick else 50_000)
     repeat = 2 if quick else 3
     out: dict[str, Any] = {
-        "gemm_rate": gemm_rate(512 if quick else 4096), "rows": rows, "r": RANK, "n": BATCH,
+        "gemm_rate": _measure.gemm_rate(512 if quick else 4096), "rows": rows, "r": RANK, "n": BATCH,
         "batches": list(batches), "dask": {}, "svd_compressed": {}, "numpy": {},
     }
     with cluster() as client:
         for d in ds:
             out["dask"][d] = time_dask_update(client, d, rows, repeat)
             for t in batches:
-                out["svd_compressed"].setdefault(t, {})[d] = time_svd_compressed(client, d, rows, t, 1 if d >= 1_000_000 else repeat)
+                reps = 1 if d >= 1_000_000 else repeat
+                out["svd_compressed"].setdefault(t, {})[d] = time_svd_compressed(client, d, rows, t, reps)
     for d in ds:
         if numpy_max is None or d <= numpy_max:
             out["numpy"][d] = time_numpy_update(d, 1 if d >= 1_000_000 else repeat)
@@ -229,8 +217,8 @@ def report(res: dict[str, Any]) -> str:
         f"machine float64 GEMM rate: {rate / 1e9:.1f} GFLOP/s (square GEMM, best of several, 2 threads)",
         f"LocalCluster: 2 worker processes x 1 thread; tall arrays in blocks of {rows} rows",
         f"update: eigh_update on Dask arrays, r = {res['r']}, n = {res['n']} (output r + n), float64",
-        f"svd_compressed: k = {K_SVD}, {POWER_ITER} power iterations, on the concatenated stream of T batches "
-        f"(d x {res['n']}T)",
+        (f"svd_compressed: k = {K_SVD}, {POWER_ITER} power iterations, on the concatenated stream of T batches "
+         f"(d x {res['n']}T)"),
         "",
     ]
     head = f"{'d':>9} {'Dask update':>12} {'NumPy update':>13} {'x NumPy':>8}"
@@ -249,7 +237,8 @@ def report(res: dict[str, Any]) -> str:
         lines.append(row)
     lines += ["", "flops per update and per recomputation (at the largest d):"]
     d = ds[-1]
-    lines.append(f"  update            {update_flops(d) / 1e9:8.1f} GFLOP  (4drn + 2dn^2 + 2d(r+n)^2 = {update_flops(1):.0f} d)")
+    lines.append(f"  update            {update_flops(d) / 1e9:8.1f} GFLOP  "
+                 f"(4drn + dn(n+1) + 2d(r+n)^2 = {update_flops(d) / d:.0f} d)")
     for t in batches:
         f = svd_compressed_flops(d, BATCH * t)
         lines.append(f"  svd_compressed T={t:<2} {f / 1e9:7.1f} GFLOP  ({f / update_flops(d):.1f}x the update)")
@@ -257,7 +246,8 @@ def report(res: dict[str, Any]) -> str:
         "passes over the tall data per update: 3 GEMM passes (Q^T A; W = A - Q C with W^T W; [Q W] Z),",
         "  then the sign reduction over the new basis; svd_compressed reads X 2q+2 = 6 times and",
         "  runs a tall-skinny QR of a d x 74 block. Client round trips per update: 2.",
-        f"tasks per update at d = {d}: " + ", ".join(f"{k} {v}" for k, v in sorted(res['dask'][d]['task_kinds'].items())),
+        f"tasks per update at d = {d}: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(res['dask'][d]['task_kinds'].items())),
         "",
         "fitted exponent p of time ~ d^p:",
     ]
@@ -266,12 +256,13 @@ def report(res: dict[str, Any]) -> str:
     for name, pts in series:
         if len(pts) >= 2:
             xs = sorted(pts)
-            lines.append(f"  {name:<20} p = {fitted_exponent(xs, [pts[x] for x in xs]):.2f}  (d = {xs[0]}..{xs[-1]})")
+            p = _measure.fitted_exponent(xs, [pts[x] for x in xs])
+            lines.append(f"  {name:<20} p = {p:.2f}  (d = {xs[0]}..{xs[-1]})")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lowrank_online.bench_dask", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench_dask.py", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds), for smoke tests")
     parser.add_argument("--ds", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated dimensions")
     parser.add_argument("--rows", type=int, help="rows per block of the tall arrays")
