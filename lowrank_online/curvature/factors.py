@@ -113,38 +113,33 @@ def empty_state(kind: str) -> FactorState:
 def choose_kind(config: CurvatureConfig, d: int, n: int, step: int) -> str:
     """``"brand"`` or ``"reigh"`` for a ``"by-cost"`` factor of width ``d`` fed ``n`` rows.
 
-    Cost model, flops per statistics step weighted by the measured efficiency of each kind
-    of work (:data:`_GEMM_EFFICIENCY`). A B-update costs ``4 d r n + 4 d n^2 + 2 d (r + n)^2``
-    in tall-skinny products, every ``T_brand`` steps; once ``r + n >= 3d/4`` it is instead one
-    eigendecomposition of the d x d updated matrix (:func:`~lowrank_online.eigh_update`'s
-    wide-increment route: ``2 d^2 (n + r)`` in one large product plus ``~ 9 d^3`` for the
-    EVD). r-kfac accumulates the dense EA every step (``2 d^2 n``) and runs a randomized EVD
-    every ``T_inv`` steps (``(q + 1)`` products of ``2 d^2 k`` flops with ``k = r + p``, plus
-    ``~ 8 (q + 1) d k^2`` for the orthonormalisation).
+    Cost model, flops per statistics step weighted by the measured efficiency of each kind of
+    work (:data:`_GEMM_EFFICIENCY`): a B-update (:func:`decomposition_flops`) every ``T_brand``
+    steps, against r-kfac's dense EA accumulated every step (the Gram matrix of the rows,
+    ``d (d + 1) n``, the symmetric product's count) plus a randomized EVD every ``T_inv`` steps.
     """
-    r = min(config.held_rank_at(step), d)
-    if r + n >= DENSE_FRACTION * d:
-        brand = (2.0 * d * d * (n + r) + 9.0 * d**3) / _GEMM_EFFICIENCY["dense"]
-    else:
-        brand = (4.0 * d * r * n + 4.0 * d * n * n + 2.0 * d * (r + n) ** 2) / _GEMM_EFFICIENCY["brand"]
-    k = min(config.rank_at(step) + config.oversample_at(step), d)
-    q = config.n_iter
-    ea = 2.0 * d * d * n
-    refresh = (q + 1) * (2.0 * d * d * k + 8.0 * d * k * k)
-    per_step_brand = brand * config.T_updt / config.T_brand
-    per_step_reigh = (ea + refresh * config.T_updt / config.T_inv) / _GEMM_EFFICIENCY["dense"]
+    per_step_brand = decomposition_flops("brand", d, n, config, step) * config.T_updt / config.T_brand
+    ea = d * (d + 1.0) * n / _GEMM_EFFICIENCY["dense"]
+    per_step_reigh = ea + decomposition_flops("reigh", d, n, config, step) * config.T_updt / config.T_inv
     return "brand" if per_step_brand <= per_step_reigh else "reigh"
 
 
 def decomposition_flops(kind: str, d: int, n: int, config: CurvatureConfig, step: int) -> float:
     """Cost of one decomposition of a width-``d`` factor fed ``n`` rows, in flops weighted by the
-    efficiency of each kind of work (the model of :func:`choose_kind`, without the dense EA,
-    which every process computes for itself).
+    efficiency of each kind of work (without the dense EA, which every process computes for
+    itself). The counts are those of ``benchmarks/_measure.py`` (the library cannot import it):
 
-    ``"eigh"``: ``~ 9 d^3``; ``"reigh"``: ``(q + 1) (2 d^2 k + 8 d k^2)``, ``k = r + p``;
-    ``"brand"``: the B-update's ``4 d r n + 4 d n^2 + 2 d (r + n)^2`` (or the wide-increment
-    route's ``2 d^2 (n + r) + 9 d^3``). What :class:`lowrank_online.torch.KFAC` balances
-    between processes when it assigns each decomposition to one of them.
+    * ``"eigh"``: ``~ 9 d^3``;
+    * ``"reigh"``: ``(q + 1)`` products of ``2 d^2 k`` flops with ``k = r + p``, plus
+      ``~ 8 (q + 1) d k^2`` for the orthonormalisation;
+    * ``"brand"``: the B-update in tall-skinny products, ``4 d r n`` (projection and residual)
+      ``+ d n (n + 1)`` (the residual's Gram matrix) ``+ 2 d (r + n) r`` (the rotation into the
+      ``r`` held columns); once ``r + n >= 3d/4``, the wide-increment route of
+      :func:`~lowrank_online.eigh_update` instead: ``d (d + 1) (n + r)`` for the d x d matrix
+      and ``~ 9 d^3`` for its EVD.
+
+    :func:`choose_kind` compares them; :class:`lowrank_online.torch.KFAC` balances them between
+    processes when it assigns each decomposition to one of them.
     """
     if kind == "eigh":
         return 9.0 * d**3 / _GEMM_EFFICIENCY["dense"]
@@ -153,8 +148,8 @@ def decomposition_flops(kind: str, d: int, n: int, config: CurvatureConfig, step
         return (config.n_iter + 1) * (2.0 * d * d * k + 8.0 * d * k * k) / _GEMM_EFFICIENCY["dense"]
     r = min(config.held_rank_at(step), d)
     if r + n >= DENSE_FRACTION * d:
-        return (2.0 * d * d * (n + r) + 9.0 * d**3) / _GEMM_EFFICIENCY["dense"]
-    return (4.0 * d * r * n + 4.0 * d * n * n + 2.0 * d * (r + n) ** 2) / _GEMM_EFFICIENCY["brand"]
+        return (d * (d + 1.0) * (n + r) + 9.0 * d**3) / _GEMM_EFFICIENCY["dense"]
+    return (4.0 * d * r * n + d * n * (n + 1.0) + 2.0 * d * (r + n) * r) / _GEMM_EFFICIENCY["brand"]
 
 
 def spec(method: MethodSpec, kind: str, seed: tuple[int, ...]) -> FactorSpec:
