@@ -36,9 +36,9 @@ import warnings  # noqa: E402
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from _publish import publish  # noqa: E402
 from torch import nn  # noqa: E402
 
-from _publish import publish  # noqa: E402
 from lowrank_online.torch import KFAC  # noqa: E402
 
 METHODS = ("kfac", "rkfac", "bkfac", "ekfac")

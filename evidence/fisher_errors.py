@@ -23,13 +23,13 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 import array_api_compat.numpy as xp
+import numpy as np
+from _publish import publish, pyplot
+
 from lowrank_online import FisherBlockOperator, ekfac_factors, kfac_corrected, kfac_factors, kpsvd, tkfac_factors
 from lowrank_online.nn import MLP, Adam, SoftmaxCrossEntropy, load_dataset
 from lowrank_online.nn.data import batches
-from _publish import publish, pyplot
 
 METHODS = ("K-FAC", "KPSVD", "deflation", "Lanczos", "KFAC-corrected", "TKFAC", "EKFAC")
 

@@ -33,13 +33,13 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 import array_api_compat.numpy as xp
+import numpy as np
+from _publish import publish, pyplot
+
 from lowrank_online.curvature import KFACPreconditioner
 from lowrank_online.nn import MLP, SGD, SoftmaxCrossEntropy, load_dataset
 from lowrank_online.nn.data import batches
-from _publish import publish, pyplot
 
 METRICS = ("inverse A", "inverse Gamma", "step norm", "step angle")
 

@@ -52,12 +52,12 @@ from dataclasses import dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
+from _publish import publish, pyplot  # noqa: E402
+from peers import CountedOperator, SignedDCT, interleaved, limit_threads, lz_inputs, spectral_norm  # noqa: E402
 from scipy.sparse.linalg import eigsh, svds  # noqa: E402
 
 import lowrank_online  # noqa: E402
 from lowrank_online import lanczos_svd, reigh, rsvd  # noqa: E402
-from _publish import publish, pyplot  # noqa: E402
-from peers import CountedOperator, SignedDCT, interleaved, limit_threads, lz_inputs, spectral_norm  # noqa: E402
 
 KINDS = ("fast", "slow", "clustered")
 

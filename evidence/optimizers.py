@@ -18,9 +18,9 @@ import sys
 import time
 
 import numpy as np
+from _publish import publish, pyplot
 
 from lowrank_online.nn.experiment import RunConfig, compare, compare_table
-from _publish import publish, pyplot
 
 KFAC_FAMILY = ["kfac", "rkfac", "bkfac", "brkfac", "bkfacc"]
 EXTRA = ["ekfac", "tkfac", "kpsvd"]

@@ -61,9 +61,9 @@ import scipy.linalg  # noqa: E402
 from scipy.sparse.linalg import LinearOperator, svds  # noqa: E402
 
 import lowrank_online  # noqa: E402
-from lowrank_online import _array  # noqa: E402
 from lowrank_online import (  # noqa: E402
     LowRankEMA,
+    _array,
     eigh_update,
     kpsvd,
     kron_rearrange,
@@ -71,6 +71,7 @@ from lowrank_online import (  # noqa: E402
     reigh,
     rsvd,
 )
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))  # the one timer and GEMM rate
 from _measure import fitted_exponent, gemm_rate  # noqa: E402
 from _publish import publish, pyplot  # noqa: E402

@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 
 import lowrank_online  # noqa: E402
 from lowrank_online import StreamingPCA, _backend, _linalg  # noqa: E402
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))  # the one GEMM rate
 from _measure import gemm_rate  # noqa: E402
 from _publish import publish, pyplot  # noqa: E402

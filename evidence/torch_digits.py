@@ -27,9 +27,9 @@ from dataclasses import dataclass, field  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _publish import publish, pyplot  # noqa: E402
 from torch import nn  # noqa: E402
 
-from _publish import publish, pyplot  # noqa: E402
 from lowrank_online.torch import KFACOptimizer  # noqa: E402
 
 GRIDS = {"sgd": [0.03, 0.1, 0.3], "adam": [1e-3, 3e-3, 1e-2], "kfac": [0.03, 0.1, 0.3],

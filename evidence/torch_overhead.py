@@ -38,12 +38,11 @@ import math  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+from _publish import publish, pyplot  # noqa: E402
 from torch import nn  # noqa: E402
 
-from _publish import publish, pyplot  # noqa: E402
 from lowrank_online.curvature import KFACPreconditioner  # noqa: E402
 from lowrank_online.torch import KFAC  # noqa: E402
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import time
 import tracemalloc
 

@@ -6,9 +6,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from conftest import (
     RTOL,
     asarray,
@@ -20,6 +17,9 @@ from conftest import (
     reference_flip,
     to_np,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+
 from lowrank_online import DecompositionError, _backend, _linalg, eigh_update, svd_update
 
 STRUCTURES = ["generic", "duplicate", "zero", "in_span", "scaled", "tiny"]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 import tracemalloc
-import warnings
 
 import numpy as np
 import pytest
-
 from conftest import asarray, to_np
+
 from lowrank_online import DecompositionError, load_state, reigh, save_state
 from lowrank_online.curvature import KFACPreconditioner, factors, kl_clip_scale
 
@@ -124,7 +123,6 @@ def test_auto_uses_b_updates_only_where_they_pay():
 
 
 def test_brkfac_refresh_then_b_update_follows_algorithm_5():
-    import array_api_compat.numpy as xp
 
     rng = np.random.default_rng(5)
     d, N, r = 30, 4, 5

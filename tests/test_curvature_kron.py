@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import asarray, to_np
+
 from lowrank_online import load_state, nearest_kron, save_state
 from lowrank_online.curvature import METHODS, KFACPreconditioner
 

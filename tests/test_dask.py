@@ -23,8 +23,11 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
 import array_api_compat.dask.array as dxp  # noqa: E402
-
 from conftest import assert_matrix_close, assert_orthonormal, increment_block, random_basis, to_np  # noqa: E402
+
+# The probes benchmarks/bench_dask.py reports the stream footprint with (benchmarks/_measure.py, not
+# installed; the repository root is on pytest's pythonpath): this test bounds the same figures.
+from benchmarks._measure import scheduler_tasks, worker_memory  # noqa: E402
 from lowrank_online import (  # noqa: E402
     DecompositionError,
     LowRankEMA,
@@ -37,9 +40,6 @@ from lowrank_online import (  # noqa: E402
     save_state,
     svd_update,
 )
-# The probes benchmarks/bench_dask.py reports the stream footprint with (benchmarks/_measure.py, not
-# installed; the repository root is on pytest's pythonpath): this test bounds the same figures.
-from benchmarks._measure import scheduler_tasks, worker_memory  # noqa: E402
 
 CHUNK = 96  # rows per block: several blocks, and a ragged last one
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
+from conftest import asarray, assert_backend, assert_matrix_close, assert_orthonormal, to_np
 
-from conftest import RTOL, asarray, assert_backend, assert_matrix_close, assert_orthonormal, to_np
 from lowrank_online import LowRankEMA, _linalg, ema, load_state, reigh, save_state
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _fisher_data import dense_fisher, kfac_dense, mlp_statistics, random_statistics
+from conftest import asarray, assert_backend, assert_orthonormal, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _fisher_data import dense_fisher, kfac_dense, mlp_statistics, random_statistics
-from conftest import asarray, assert_backend, assert_orthonormal, to_np
 from lowrank_online import ekfac_factors, ekfac_scalings, ekfac_solve, ekfac_update
 
 TOL = {"float64": 1e-12, "float32": 2e-5}

@@ -6,11 +6,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from _fisher_data import TinyMLP, dense_fisher, mlp_statistics, random_statistics, rearrange_loops
+from conftest import asarray, assert_backend, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _fisher_data import TinyMLP, dense_fisher, mlp_statistics, random_statistics, rearrange_loops
-from conftest import asarray, assert_backend, to_np
 from lowrank_online import FisherBlockOperator, KronSum, lanczos_svd, power_svd, rsvd
 
 PRODUCT_TOL = {"float64": 1e-12, "float32": 1e-5}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _fisher_data import dense_fisher, kfac_dense, mlp_statistics, optimal_errors, random_statistics
+from conftest import asarray, assert_backend, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _fisher_data import dense_fisher, kfac_dense, mlp_statistics, optimal_errors, random_statistics
-from conftest import asarray, assert_backend, to_np
 from lowrank_online import KronSum, kfac_corrected, kfac_factors, kpsvd
 
 ERR_TOL = {"float64": 1e-8, "float32": 1e-4}

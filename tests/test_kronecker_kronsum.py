@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _fisher_data import mlp_statistics
+from conftest import asarray, assert_backend, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _fisher_data import mlp_statistics
-from conftest import asarray, assert_backend, to_np
 from lowrank_online import KronSum, KronSumInverse, kpsvd
 
 TOL = {"float64": 1e-10, "float32": 2e-4}

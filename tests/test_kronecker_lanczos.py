@@ -7,11 +7,11 @@ import warnings
 
 import numpy as np
 import pytest
+from _fisher_data import dense_fisher, mlp_statistics, rearrange_loops
+from conftest import ORTH, asarray, assert_backend, assert_orthonormal, reference_flip, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _fisher_data import dense_fisher, mlp_statistics, rearrange_loops
-from conftest import ORTH, asarray, assert_backend, assert_orthonormal, reference_flip, to_np
 from lowrank_online import FisherBlockOperator, lanczos_svd, power_svd
 
 SV_TOL = {"float64": 1e-8, "float32": 1e-4}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _fisher_data import dense_fisher, mlp_statistics, random_statistics, rearrange_loops
+from conftest import asarray, assert_backend, assert_matrix_close, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _fisher_data import dense_fisher, mlp_statistics, random_statistics, rearrange_loops
-from conftest import asarray, assert_backend, assert_matrix_close, to_np
 from lowrank_online import KronSum, kron_rearrange, nearest_kron
 
 shapes = st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4), st.integers(1, 4))

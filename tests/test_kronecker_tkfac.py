@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _fisher_data import dense_fisher, mlp_statistics, random_statistics
+from conftest import asarray, assert_backend, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _fisher_data import dense_fisher, mlp_statistics, random_statistics
-from conftest import asarray, assert_backend, to_np
 from lowrank_online import KronSumInverse, tkfac_factors
 
 TRACE_TOL = {"float64": 1e-14, "float32": 1e-6}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import to_np
+
 from lowrank_online.curvature import KFACPreconditioner
 from lowrank_online.nn import (
     MLP,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import RTOL, asarray, assert_backend, assert_orthonormal, to_np
+
 from lowrank_online import reigh, rsvd
 
 

@@ -7,11 +7,11 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import asarray, assert_backend, assert_orthonormal, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import asarray, assert_backend, assert_orthonormal, to_np
-from lowrank_online import ErrorEstimate, EighResult, REighResult, RSVDResult, SVDResult, reigh, rsvd
+from lowrank_online import EighResult, ErrorEstimate, REighResult, RSVDResult, SVDResult, reigh, rsvd
 from lowrank_online.randomized import default_block_size
 
 TOL = {"float64": 1e-9, "float32": 2e-4}  # relative error of the top values

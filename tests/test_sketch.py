@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import asarray, assert_backend, assert_orthonormal, reference_flip, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import asarray, assert_backend, assert_orthonormal, reference_flip, to_np
 from lowrank_online import LowRankEMA, NystromSketch
 
 # float32: the sketch sums float32 products over the stream, and Nystrom divides by its core.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import asarray, assert_backend, assert_matrix_close, random_basis, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import RTOL, asarray, assert_backend, assert_matrix_close, random_basis, to_np
 from lowrank_online import damped_solve
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import _array, _linalg
 from ..brand import DENSE_FRACTION
+
 # The tracker's pure steps (B-update, light correction, re-orthonormalisation) are shared with
 # LowRankEMA so that a K-factor follows exactly the documented tracker; they are not public API.
 from ..ema import EMAState, _b_update, _correct, _reorthonormalized
