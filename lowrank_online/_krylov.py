@@ -276,7 +276,9 @@ def nystrom(op: Any, rank: int, b: int, steps: int, tol: float | None, want_resi
     if sketch is not None:
         a, c = be.to_core(*sketch)
         sketch = a @ c
-    return KrylovResult(U, lam[:keep], None, residuals, done, b, products, converged if tol is not None else None), sketch
+    return KrylovResult(
+        U, lam[:keep], None, residuals, done, b, products, converged if tol is not None else None
+    ), sketch
 
 
 def _tt(cols: list[Any], j: int, b: int, be: _backend.Backend) -> Any:

@@ -172,6 +172,7 @@ def eigh_update(
     >>> res.eigenvectors.shape
     (4, 3)
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     xp = _array.namespace(("eigenvalues", eigenvalues), ("eigenvectors", eigenvectors), ("A", A))
     _array.same_device(("eigenvalues", eigenvalues), ("eigenvectors", eigenvectors), ("A", A))
     _array.check_array(eigenvalues, "eigenvalues", xp, ndim=1, finite=check_finite)
@@ -445,6 +446,7 @@ def svd_update(
     >>> svd_update(U, S, Vh, a, b).S
     Array([2., 1.], dtype=array_api_strict.float64)
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     names = (("U", U), ("S", S), ("Vh", Vh), ("A", A), ("B", B))
     xp = _array.namespace(*names)
     _array.same_device(*names)

@@ -23,7 +23,8 @@ from .nn.experiment import FIRST_ORDER, RunConfig, build_run, compare, compare_t
 EXAMPLES = """\
 examples:
   lowrank-online train --method bkfac --data digits --epochs 3
-  lowrank-online train --method kfac --epochs 2 --save run.npz && lowrank-online train --method kfac --epochs 4 --resume run.npz
+  lowrank-online train --method kfac --epochs 2 --save run.npz
+  lowrank-online train --method kfac --epochs 4 --resume run.npz
   lowrank-online compare --data digits --methods sgd,adam,kfac,bkfac --seeds 3 --threads 1
 """
 
@@ -51,7 +52,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=5, help="epochs to train")
     opt.add_argument("--batch-size", type=int, default=128, help="mini-batch size")
-    opt.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.05 sgd, 1e-3 adam, 0.1 curvature)")
+    opt.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default: 0.05 sgd, 1e-3 adam, 0.1 curvature)"
+    )
     opt.add_argument("--momentum", type=float, default=None, help="heavy-ball momentum (default: 0.9 sgd, 0 curvature)")
     opt.add_argument("--weight-decay", type=float, default=1e-4, help="decoupled weight decay")
     curv = p.add_argument_group("curvature (see KFACPreconditioner)")

@@ -243,7 +243,11 @@ class LowRankEMA:
         return self._state.n_updates
 
     def __repr__(self) -> str:
-        held = "empty" if self.eigenvectors is None else f"d={self.eigenvectors.shape[0]}, held={self.eigenvectors.shape[1]}"
+        held = (
+            "empty"
+            if self.eigenvectors is None
+            else f"d={self.eigenvectors.shape[0]}, held={self.eigenvectors.shape[1]}"
+        )
         return f"LowRankEMA(rank={self.rank}, decay={self.decay}, {held}, n_updates={self.n_updates})"
 
     # ---------------------------------------------------------------- validation
@@ -496,7 +500,9 @@ class _SymmetryChecked:
         Y = self._op.matmat(V)
         if V.shape[1] >= 2 and not self._op.is_array:
             C = V.T @ Y
-            gap, scale = _array.to_floats(self._xp, self._xp.linalg.matrix_norm(C - C.T), self._xp.linalg.matrix_norm(C))
+            gap, scale = _array.to_floats(
+                self._xp, self._xp.linalg.matrix_norm(C - C.T), self._xp.linalg.matrix_norm(C)
+            )
             if gap > _array.eps(self._xp, V.dtype) ** 0.5 * scale:
                 raise ValueError(
                     f"`X` must be symmetric; on the corrected modes |C - C^T|_F / |C|_F = {gap / scale:.3g} "
@@ -565,15 +571,21 @@ def _restore(cls: type, state: Any, xp: Any, device: Any, chunks: Any) -> LowRan
                          "they must be (d, m) and (m,) with m <= d")
     if m:
         be = _backend.backend_of(Q, ns)
-        top, low, rise = _array.to_floats(ns, ns.max(ns.abs(L)), ns.min(L), ns.max(L[1:] - L[:-1]) if m > 1 else ns.min(L) * 0)
+        top, low, rise = _array.to_floats(
+            ns, ns.max(ns.abs(L)), ns.min(L), ns.max(L[1:] - L[:-1]) if m > 1 else ns.min(L) * 0
+        )
         if low < -1e3 * be.eps * top:
-            raise ValueError(f"`state['eigenvalues']` must be non-negative (a PSD representation), got minimum {low:.3g}")
+            raise ValueError(
+                f"`state['eigenvalues']` must be non-negative (a PSD representation), got minimum {low:.3g}"
+            )
         if rise > 0.0:
             raise ValueError("`state['eigenvalues']` must be sorted in descending order")
         G = be.to_core(Q.T @ Q)
         gap = _array.to_floats(be.cxp, be.cxp.max(be.cxp.abs(G - be.eye(m))))[0]
         if not gap <= be.eps**0.5:
-            raise ValueError(f"`state['eigenvectors']` must be orthonormal; max |Q^T Q - I| = {gap:.3g} exceeds sqrt(eps)")
+            raise ValueError(
+                f"`state['eigenvectors']` must be orthonormal; max |Q^T Q - I| = {gap:.3g} exceeds sqrt(eps)"
+            )
     ema._state = EMAState(L, Q, n_updates)
     return ema
 

@@ -77,6 +77,7 @@ class _Operand:
     """Arrays and operators behind one interface, with the namespace and device resolved."""
 
     def __init__(self, X: Any, name: str, xp: Any, check_finite: bool) -> None:
+        check_finite = _array.check_bool(check_finite, "check_finite")
         self.name = name
         self.check_finite = check_finite
         # An operator may expose __array_namespace__ like an array does: `matmat` tells them apart.
@@ -164,4 +165,5 @@ class _Operand:
 
 def as_operand(X: Any, name: str, *, xp: Any = None, check_finite: bool = True) -> _Operand:
     """Internal: wrap an array or operator argument after validating it."""
+    check_finite = _array.check_bool(check_finite, "check_finite")
     return _Operand(X, name, xp, check_finite)

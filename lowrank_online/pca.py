@@ -350,8 +350,11 @@ def _floating(X: Any, xp: Any, name: str) -> Any:
         return X
     if dt in (getattr(xp, "complex64", None), getattr(xp, "complex128", None)):
         raise ValueError(f"Complex data not supported: `{name}` has dtype {dt}")
-    integral = [getattr(xp, t) for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool")
-                if hasattr(xp, t)]
+    integral = [
+        getattr(xp, t)
+        for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool")
+        if hasattr(xp, t)
+    ]
     if dt not in integral:
         raise TypeError(f"`{name}` must have a real numeric dtype, got {dt}")
     return xp.astype(X, _array.core_dtype(xp, _array.device(X)))
@@ -709,7 +712,9 @@ class StreamingPCA(*_BASES):
                 self.n_features_in_ = d
                 self.__dict__.pop("feature_names_in_", None)
             elif hasattr(self, "n_features_in_") and d != self.n_features_in_:
-                raise ValueError(f"X has {d} features, but {owner} is expecting {self.n_features_in_} features as input.")
+                raise ValueError(
+                    f"X has {d} features, but {owner} is expecting {self.n_features_in_} features as input."
+                )
         return xp, X
 
     def _against_state(self, X: Any, state: PCAState, method: str, name: str = "X") -> None:
@@ -995,7 +1000,9 @@ class StreamingPCA(*_BASES):
         for key in ("components", "singular_values", "mean", "var", "explained_variance", "explained_variance_ratio"):
             value = fitted[key]
             if xp is not None:
-                value = _array.from_host(_array.to_numpy(value), xp, device, rows=chunks if key == "components" else None)
+                value = _array.from_host(
+                    _array.to_numpy(value), xp, device, rows=chunks if key == "components" else None
+                )
             arrays[key] = value
         ns = _array.namespace(*((f"state['state'][{k!r}]", v) for k, v in arrays.items()))
         V = arrays["components"]

@@ -246,6 +246,7 @@ def rsvd(
     >>> [round(float(s), 6) for s in res.S]  # numpy.linalg.svd: 73.589293, 29.428757, 26.798973
     [73.589293, 29.428757, 26.798973]
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     op = as_operand(X, "X", xp=xp, check_finite=check_finite)
     m, n = op.shape
     rank, oversample, n_iter = _check_common(rank, oversample, n_iter, min(m, n))
@@ -508,6 +509,7 @@ def reigh(
     >>> [round(float(v), 6) for v in res.eigenvalues]  # numpy.linalg.eigvalsh: 534.093998, 120.0
     [534.093998, 120.0]
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     op = as_operand(X, "X", xp=xp, check_finite=check_finite)
     xq = op.xp
     d, d2 = op.shape

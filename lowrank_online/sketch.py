@@ -228,7 +228,9 @@ class NystromSketch:
             for name, arr in (("omega", omega), ("sketch", Y)):
                 _array.check_array(arr, f"state['{name}']", ns, ndim=2)
                 if tuple(arr.shape) != (sk.d, sk.sketch_size):
-                    raise ValueError(f"`state['{name}']` has shape {tuple(arr.shape)}, expected {(sk.d, sk.sketch_size)}")
+                    raise ValueError(
+                        f"`state['{name}']` has shape {tuple(arr.shape)}, expected {(sk.d, sk.sketch_size)}"
+                    )
             sk._state = SketchState(omega, Y, n)
         else:
             sk._state = SketchState(None, None, n)

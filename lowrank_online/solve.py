@@ -76,6 +76,7 @@ def damped_solve(
     >>> damped_solve(L, Q, xp.asarray([4.0, 2.0, 1.0]), 1.0)
     Array([1., 2., 1.], dtype=array_api_strict.float64)
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     names = (("eigenvalues", eigenvalues), ("eigenvectors", eigenvectors), ("X", X))
     xp = _array.namespace(*names)
     _array.same_device(*names)

@@ -482,7 +482,9 @@ class KFACPreconditioner:
                 raise TypeError(f"`parts` must be a collection of part names, got {type(parts).__name__}") from None
             unknown = sorted(map(str, wanted - set(family.parts)))
             if unknown:
-                raise ValueError(f"`parts` names {unknown}; layer {layer!r} ({known.method}) has parts {list(family.parts)}")
+                raise ValueError(
+                    f"`parts` names {unknown}; layer {layer!r} ({known.method}) has parts {list(family.parts)}"
+                )
         due = self._due_parts(known)
         compute = tuple(p for p in family.parts if p in wanted and p in due)
         if not compute:

@@ -2,7 +2,8 @@
 
 ``python -m lowrank_online.demo`` runs every section (about a minute on 2 idle cores);
 ``--quick`` shrinks the sizes (about 10 s), ``--section NAME`` runs one section, ``--threads N``
-limits the BLAS pools (by default to 1 thread when they would oversubscribe a loaded machine). Every check prints its value, its tolerance and a verdict (``ok`` /
+limits the BLAS pools (by default to 1 thread when they would oversubscribe a loaded machine).
+Every check prints its value, its tolerance and a verdict (``ok`` /
 ``FAILED``); the run ends with a one-line summary and exits with status 1 when a check failed.
 Sections that need an optional package (scikit-learn for ``pca`` and the quick ``training``,
 ``dask[array]`` and ``distributed`` for ``dask``) are skipped with the reason when it is missing.
@@ -36,7 +37,11 @@ class _Entry:
 
 
 # top-level module -> (what to install, the extra that brings it)
-_PACKAGES = {"sklearn": ("scikit-learn", "demo"), "dask": ("dask[array]", "dask"), "distributed": ("distributed", "dask")}
+_PACKAGES = {
+    "sklearn": ("scikit-learn", "demo"),
+    "dask": ("dask[array]", "dask"),
+    "distributed": ("distributed", "dask"),
+}
 
 SECTIONS: dict[str, _Entry] = {
     "core": _Entry(core.online_core, (0.5, 5)),

@@ -38,7 +38,9 @@ class Check:
         return "ok" if self.passed else "FAILED"
 
     def line(self) -> str:
-        return f"  {self.verdict:<6}  {self.name}: {_fmt(self.value)} (tolerance {self.relation} {_fmt(self.tolerance)})"
+        return (
+            f"  {self.verdict:<6}  {self.name}: {_fmt(self.value)} (tolerance {self.relation} {_fmt(self.tolerance)})"
+        )
 
 
 def _fmt(x: float) -> str:

@@ -43,6 +43,7 @@ class EKFACFactors(NamedTuple):
 
     def solve(self, V: Any, *, damping: float, check_finite: bool = True) -> Any:
         """:func:`ekfac_solve` with these factors."""
+        check_finite = _array.check_bool(check_finite, "check_finite")
         return ekfac_solve(V, self.scalings, self.basis_g, self.basis_a, damping=damping, check_finite=check_finite)
 
 
@@ -133,6 +134,7 @@ def ekfac_scalings(a: Any, g: Any, basis_g: Any, basis_a: Any, *, check_finite: 
     >>> ekfac_scalings(a, g, xp.eye(1), xp.eye(2))  # E[(g a^T)^2] in the standard basis
     Array([[18.5,  2. ]], dtype=array_api_strict.float64)
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
     _array.namespace(("basis_g", basis_g), ("basis_a", basis_a), ("a", a))
     _array.same_device(("basis_g", basis_g), ("basis_a", basis_a), ("a", a))
@@ -176,6 +178,7 @@ def ekfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> EKFACFactors:
     >>> round(float(xp.sum(f.scalings)), 12)  # the trace of F is kept: sum(S) = E[|a|^2 |g|^2]
     6.0
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
     n = a.shape[0]
     be = _backend.precision_of(a, xp)
@@ -244,6 +247,7 @@ def ekfac_update(
     >>> ekfac_update(s, 2.0 * a, g, xp.eye(1), xp.eye(2), decay=0.5)
     Array([[ 2.5, 10. ]], dtype=array_api_strict.float64)
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     decay = _array.check_real(decay, "decay", low=0.0, high=1.0)
     if not isinstance(per_sample, bool):
         raise TypeError(f"`per_sample` must be a bool, got {type(per_sample).__name__}")
@@ -319,6 +323,7 @@ def ekfac_solve(
     >>> ekfac_solve(xp.asarray([[2.0, 4.0]]), S, xp.eye(1), xp.eye(2), damping=1.0)
     Array([[1., 1.]], dtype=array_api_strict.float64)
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     names = (("V", V), ("scalings", scalings), ("basis_g", basis_g), ("basis_a", basis_a))
     xp = _array.namespace(*names)
     _array.same_device(*names)

@@ -99,6 +99,7 @@ class FisherBlockOperator:
         check_finite: bool = True,
         xp: Any = None,
     ) -> None:
+        check_finite = _array.check_bool(check_finite, "check_finite")
         xp, a, g = _checks.statistics(a, g, check_finite=check_finite, xp=xp)
         self._xp = xp
         self.a, self.g = a, g
@@ -125,7 +126,7 @@ class FisherBlockOperator:
         if terms.n_terms == 0 or len(terms.left) != len(terms.right):
             raise ValueError("`subtract` must hold at least one (left, right) pair")
         cols_l, cols_r = [], []
-        for i, (L, R) in enumerate(zip(terms.left, terms.right)):
+        for i, (L, R) in enumerate(zip(terms.left, terms.right, strict=True)):
             _array.namespace((f"subtract.left[{i}]", L), ("a", self.a))
             _array.namespace((f"subtract.right[{i}]", R), ("a", self.a))
             _array.same_device((f"subtract.left[{i}]", L), ("a", self.a))

@@ -55,6 +55,7 @@ def kfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> KronSum:
     >>> float(ks.left[0][0, 0]), float(ks.right[0][0, 0])
     (2.0, 5.0)
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
     left, right = _checks.kfac_pair(a, g, xp)
     return KronSum((left,), (right,))
@@ -226,6 +227,7 @@ def kpsvd(
     >>> bool(err_kpsvd <= err_kfac)
     True
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     op = FisherBlockOperator(a, g, check_finite=check_finite)
     terms = _array.check_int(terms, "terms", minimum=1)
     limit = _max_terms(op)
@@ -256,7 +258,7 @@ def kpsvd(
             pair = _pair(res, 0, op, i == 0)
             pairs.append(pair)
             if i + 1 < terms:
-                current = op.minus(KronSum(*(tuple(x) for x in zip(*pairs))))
+                current = op.minus(KronSum(*(tuple(x) for x in zip(*pairs, strict=True))))
     return KronSum(tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))
 
 
@@ -321,6 +323,7 @@ def kfac_corrected(
     >>> ks.n_terms, bool(op.minus(ks).frobenius_norm() <= op.minus(kfac_factors(a, g)).frobenius_norm())
     (2, True)
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     op = FisherBlockOperator(a, g, check_finite=check_finite)
     tol, max_iter = _check_common(tol, max_iter)
     kfac = op.kfac()

@@ -68,7 +68,7 @@ class KronSum(NamedTuple):
         """The explicit ``(m1 m2) x (n1 n2)`` matrix (for tests and small problems)."""
         xp = _namespace(self)
         out = xpx.kron(self.left[0], self.right[0], xp=xp)
-        for L, R in zip(self.left[1:], self.right[1:]):
+        for L, R in zip(self.left[1:], self.right[1:], strict=True):
             out = out + xpx.kron(L, R, xp=xp)
         return out
 
@@ -86,7 +86,7 @@ class KronSum(NamedTuple):
         vector = _matrix_form(x, "x", (n1, n2))
         X = xp.reshape(x, (n1, n2)) if vector else x
         out = None
-        for L, R in zip(self.left, self.right):
+        for L, R in zip(self.left, self.right, strict=True):
             term = xp.matmul(xp.matmul(L, X), R.T)
             out = term if out is None else out + term
         return xp.reshape(out, (m1 * m2,)) if vector else out
@@ -95,7 +95,7 @@ class KronSum(NamedTuple):
         """``sum_i tr(L_i) tr(R_i)``, the trace of the square sum."""
         xp = _namespace(self)
         return sum(
-            float(xp.linalg.trace(L)) * float(xp.linalg.trace(R)) for L, R in zip(self.left, self.right)
+            float(xp.linalg.trace(L)) * float(xp.linalg.trace(R)) for L, R in zip(self.left, self.right, strict=True)
         )
 
     def inverse(self, *, damping: float = 0.0, pi: float | None = None) -> KronSumInverse:
@@ -248,6 +248,7 @@ class KronSumInverse:
         eigenvalue_floor: float | None = None,
         check_finite: bool = True,
     ) -> None:
+        check_finite = _array.check_bool(check_finite, "check_finite")
         names = (("A", A), ("B", B), ("C", C), ("D", D))
         xp = _array.namespace(*names)
         dev = _array.same_device(*names)
@@ -336,6 +337,7 @@ class KronSumInverse:
 
         Cost ``4 (p^2 q + p q^2)`` flops per right-hand side (four GEMMs).
         """
+        check_finite = _array.check_bool(check_finite, "check_finite")
         xp = _array.namespace(("V", V), ("A", self.basis_left))
         _array.same_device(("V", V), ("A", self.basis_left))
         _array.check_array(V, "V", xp, ndim=tuple(range(1, 8)), finite=check_finite)

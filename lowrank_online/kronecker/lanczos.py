@@ -183,6 +183,7 @@ def power_svd(
     >>> round(float(res.S[0]), 10), res.converged
     (3.0, True)
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     op = as_operand(A, "A", xp=xp, check_finite=check_finite)
     xq = op.xp
     m, n = op.shape
@@ -212,7 +213,8 @@ def power_svd(
     converged = False
     it = 0
     s, res = 0.0, math.inf
-    for it in range(1, max_iter + 1):
+    for _ in range(max_iter):
+        it += 1
         u = w / alpha
         z = rmatvec(u)
         s = _norm(z, xq)  # >= u^T A v = alpha > 0
@@ -338,6 +340,7 @@ def lanczos_svd(
     >>> [round(float(s), 6) for s in res.S]  # numpy.linalg.svd: 73.589293, 29.428757, 26.798973
     [73.589293, 29.428757, 26.798973]
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     op = as_operand(A, "A", xp=xp, check_finite=check_finite)
     m, n = op.shape
     p = min(m, n)

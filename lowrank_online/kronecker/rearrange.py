@@ -72,6 +72,7 @@ def kron_rearrange(
            [ 3., -3.],
            [ 4., -4.]], dtype=array_api_strict.float64)
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     xp = _array.namespace(("M", M))
     _array.check_array(M, "M", xp, ndim=2, finite=check_finite)
     (m1, n1), (m2, n2) = _check_shapes(M, left_shape, right_shape)
@@ -148,6 +149,7 @@ def nearest_kron(
     >>> float(xp.max(xp.abs(ks.to_dense() - M))) < 1e-12
     True
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     xp = _array.namespace(("M", M))
     _array.check_array(M, "M", xp, ndim=2, finite=check_finite)
     (m1, n1), (m2, n2) = _check_shapes(M, left_shape, right_shape)

@@ -113,7 +113,8 @@ def tkfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> TKFACFactors:
     largest entries into [1/2, 1), so the fourth powers ``|a_t|^2 |g_t|^2`` cannot over- or
     underflow; ``Phi`` and ``Psi`` are scale-free and keep full relative accuracy for any
     representable statistics, and ``delta`` is scaled back (a ``ValueError`` if it overflows
-    the dtype; below the dtype's range it is rounded to a subnormal or zero, its nearest value). Cost: two reductions and a copy of each of ``a`` and ``g``.
+    the dtype; below the dtype's range it is rounded to a subnormal or zero, its nearest value).
+    Cost: two reductions and a copy of each of ``a`` and ``g``.
 
     References
     ----------
@@ -130,6 +131,7 @@ def tkfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> TKFACFactors:
     >>> float(f.delta), float(xp.linalg.trace(f.Phi)), float(xp.linalg.trace(f.Psi))
     (23.0, 1.0, 1.0)
     """
+    check_finite = _array.check_bool(check_finite, "check_finite")
     xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
     n = a.shape[0]
     # Phi and Psi do not depend on the scales of a and g, and delta scales as their squares:

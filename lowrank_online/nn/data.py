@@ -68,7 +68,13 @@ def teacher_student(
     plus isotropic noise. The student (an MLP) sees only the inputs; the first-layer K-factor
     has a decaying spectrum of ``latent`` directions over a noise floor, as real activations
     do, and ``d_in`` is far above ``rank + batch``."""
-    for value, name in ((n_train, "n_train"), (n_test, "n_test"), (d_in, "d_in"), (n_classes, "n_classes"), (latent, "latent")):
+    for value, name in (
+        (n_train, "n_train"),
+        (n_test, "n_test"),
+        (d_in, "d_in"),
+        (n_classes, "n_classes"),
+        (latent, "latent"),
+    ):
         _array.check_int(value, name, minimum=1)
     latent = min(latent, d_in)
     rng = np.random.default_rng(seed)

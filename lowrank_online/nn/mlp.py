@@ -231,5 +231,7 @@ class MLP:
             for key in layer:
                 value = self.xp.asarray(saved[key], device=self.device)
                 if tuple(value.shape) != tuple(layer[key].shape):
-                    raise ValueError(f"saved layer{i}.{key} has shape {tuple(value.shape)}, expected {tuple(layer[key].shape)}")
+                    raise ValueError(
+                        f"saved layer{i}.{key} has shape {tuple(value.shape)}, expected {tuple(layer[key].shape)}"
+                    )
                 layer[key] = self.xp.astype(value, self.dtype)

@@ -54,9 +54,16 @@ class SGD:
         return out
 
     def load_state_dict(self, state: dict[str, Any], model: MLP) -> None:
-        self.lr, self.momentum, self.weight_decay = float(state["lr"]), float(state["momentum"]), float(state["weight_decay"])
+        self.lr, self.momentum, self.weight_decay = (
+            float(state["lr"]),
+            float(state["momentum"]),
+            float(state["weight_decay"]),
+        )
         n = len(model.params)
-        self.buffers = [model.xp.asarray(state[f"buffer{i}"], device=model.device) if f"buffer{i}" in state else None for i in range(n)]
+        self.buffers = [
+            model.xp.asarray(state[f"buffer{i}"], device=model.device) if f"buffer{i}" in state else None
+            for i in range(n)
+        ]
 
 
 class Adam:
@@ -64,7 +71,9 @@ class Adam:
 
     name = "adam"
 
-    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
+    ) -> None:
         self.lr = _array.check_real(lr, "lr", low=0.0, low_open=True)
         self.beta1 = _array.check_real(betas[0], "betas[0]", low=0.0, high=1.0, high_open=True)
         self.beta2 = _array.check_real(betas[1], "betas[1]", low=0.0, high=1.0, high_open=True)

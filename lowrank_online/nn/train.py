@@ -115,7 +115,11 @@ def train(
         raise ValueError(f"`fisher` must be 'mc' or 'empirical', got {fisher!r}")
     optimizer = optimizer if optimizer is not None else SGD()
     names = model.layer_names
-    hist = history if history is not None else History(label or (preconditioner.method if preconditioner else optimizer.name))
+    hist = (
+        history
+        if history is not None
+        else History(label or (preconditioner.method if preconditioner else optimizer.name))
+    )
     n = data.X_train.shape[0]
     step = hist.steps
     wall = hist.wall[-1] if hist.wall else 0.0

@@ -56,7 +56,9 @@ def loss_spec(loss: Any, fisher: str) -> LossSpec:
     elif isinstance(loss, nn.MSELoss):
         kind = "mse"
     else:
-        raise TypeError(f"`loss` must be 'cross_entropy', 'mse', nn.CrossEntropyLoss or nn.MSELoss, got {type(loss).__name__}")
+        raise TypeError(
+            f"`loss` must be 'cross_entropy', 'mse', nn.CrossEntropyLoss or nn.MSELoss, got {type(loss).__name__}"
+        )
     if loss.reduction not in ("mean", "sum"):
         raise ValueError(f"`loss` must have reduction 'mean' or 'sum', got {loss.reduction!r}")
     return LossSpec(kind, loss.reduction)
@@ -105,7 +107,10 @@ def backprop_vectors(pred: torch.Tensor, spec: LossSpec, fisher: str, mc_samples
         if fisher == "type2":
             eye = torch.eye(f.shape[-1], dtype=dtype, device=f.device) * math.sqrt(2.0)
             return [eye[k].expand_as(f) for k in range(f.shape[-1])]
-        return [math.sqrt(2.0) * torch.randn(f.shape, generator=gen, dtype=dtype, device=f.device) for _ in range(mc_samples)]
+        return [
+            math.sqrt(2.0) * torch.randn(f.shape, generator=gen, dtype=dtype, device=f.device)
+            for _ in range(mc_samples)
+        ]
     logits = _class_last(f)
     p = torch.softmax(logits, dim=-1)
     C = p.shape[-1]

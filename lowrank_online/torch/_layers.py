@@ -190,7 +190,7 @@ class Conv2dAdapter(LayerAdapter):
                 return x, (0, 0)
             # "same": PyTorch pads the extra row/column of an even kernel at the end.
             pads = []
-            for k, d in zip(reversed(mod.kernel_size), reversed(mod.dilation)):
+            for k, d in zip(reversed(mod.kernel_size), reversed(mod.dilation), strict=True):
                 total = d * (k - 1)
                 pads += [total // 2, total - total // 2]
             mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode

@@ -324,7 +324,7 @@ class Session:
         parts = self.all_gather(buf, work)
 
         def finish() -> tuple[Any, Any]:
-            rows = torch.cat([p[:r] for p, r in zip(parts, rows_per_rank)]).to(dt)
+            rows = torch.cat([p[:r] for p, r in zip(parts, rows_per_rank, strict=True)]).to(dt)
             return rows[:, :d_a].contiguous(), rows[:, d_a:].contiguous()
 
         return finish
@@ -352,7 +352,7 @@ class Session:
         slots = [(name, part) for name, (a, g) in stats.items() for part in pre.decompositions_due(name)]
         costs = [self._slot_cost(name, part, *stats[name]) for name, part in slots]
         owners = assign_owners(costs, self.world) if slots else []
-        owner_of = dict(zip(slots, owners))
+        owner_of = dict(zip(slots, owners, strict=True))
         # 2. the owners compute; a failure is a message instead of an entry
         mine: dict[str, list[str]] = {}
         for (name, part), r in owner_of.items():
@@ -380,7 +380,7 @@ class Session:
         if slots:
             # 3. what each owner produced (or why not), then the arrays themselves
             described: dict[tuple[str, str], Any] = {}
-            for r, theirs in enumerate(self.all_gather_object(local)):
+            for theirs in self.all_gather_object(local):
                 for slot, what in theirs.items():
                     described[slot] = what
             errors = [f"{slot}: {what[1]} (rank {owner_of[slot]})" for slot, what in described.items()
@@ -427,9 +427,11 @@ class Session:
             d_a, d_g = _widths(self.kfac._adapters[n])
             costs.append(float(d_a * d_g * (d_a + d_g)))
         first = assign_owners(costs, self.world)
-        return {n: [(r + k) % self.world for k in range(self.n_workers)] for n, r in zip(names, first)}
+        return {n: [(r + k) % self.world for k in range(self.n_workers)] for n, r in zip(names, first, strict=True)}
 
-    def share_steps(self, names: list[str], steps: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    def share_steps(
+        self, names: list[str], steps: dict[str, Any], shapes: dict[str, tuple[int, ...]]
+    ) -> dict[str, Any]:
         """Send each layer's preconditioned gradient from its workers to the other processes."""
         if self.n_workers >= self.world or not names:
             return steps

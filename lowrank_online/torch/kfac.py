@@ -244,8 +244,12 @@ class KFAC:
         uses_gradient = [m for m in [method, *dict(options.get("layer_methods") or {}).values()]
                          if _reads_batch_gradient(m)]
         if uses_gradient and fisher != "empirical":
-            warnings.warn(f"method {uses_gradient[0]!r} averages the batch gradient of its statistics, which is the data "
-                          f"gradient only with fisher='empirical' (got fisher={fisher!r})", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"method {uses_gradient[0]!r} averages the batch gradient of its statistics, which is the data "
+                f"gradient only with fisher='empirical' (got fisher={fisher!r})",
+                UserWarning,
+                stacklevel=2,
+            )
         self.loss = _fisher.loss_spec(loss, fisher)
         self.mc_samples = _array.check_int(mc_samples, "mc_samples")
         if fisher != "mc" and self.mc_samples != 1:
@@ -316,7 +320,9 @@ class KFAC:
         try:
             items = list(skip_layers)
         except TypeError:
-            raise TypeError(f"`skip_layers` must be a string or an iterable of strings, got {type(skip_layers).__name__}") from None
+            raise TypeError(
+                f"`skip_layers` must be a string or an iterable of strings, got {type(skip_layers).__name__}"
+            ) from None
         out = []
         for p in items:
             if not isinstance(p, str):
@@ -367,7 +373,9 @@ class KFAC:
                 # out_proj module's hooks never fire (kfac-pytorch issue #267).
                 for child, _ in mod.named_modules():
                     if child:
-                        functional[f"{name}.{child}" if name else child] = f"called functionally by nn.MultiheadAttention {name!r}"
+                        functional[f"{name}.{child}" if name else child] = (
+                            f"called functionally by nn.MultiheadAttention {name!r}"
+                        )
         matched = {p: False for p, _ in patterns}
         adapters: dict[str, _layers.LayerAdapter] = {}
         for name, mod in model.named_modules():
@@ -627,7 +635,9 @@ class KFAC:
         if self._pre.config.damping_adaptation != "lm":
             raise ValueError("adapt_damping needs KFAC(..., damping_adaptation='lm')")
         if self._predicted is None:
-            raise ValueError("no prediction to compare with: call step() first, with an `lr` (KFAC(lr=...) or step(lr))")
+            raise ValueError(
+                "no prediction to compare with: call step() first, with an `lr` (KFAC(lr=...) or step(lr))"
+            )
         return self._pre.adapt_damping(float(loss_after) - float(loss_before), self._predicted)
 
     def _check_lr(self, lr: Any) -> dict[str, float] | None:
@@ -761,7 +771,11 @@ class KFAC:
             else:
                 steps.append(None)
         if self._dist is not None:
-            shared = self._dist.share_steps(names, dict(zip(names, steps)), {n: tuple(g.shape) for n, g in zip(names, grads)})
+            shared = self._dist.share_steps(
+                names,
+                dict(zip(names, steps, strict=True)),
+                {n: tuple(g.shape) for n, g in zip(names, grads, strict=True)},
+            )
             steps = [shared[n] for n in names]
         if nonfinite and self.grad_scaler is None:
             warnings.warn(f"the gradients of {nonfinite} are not finite; they are left unpreconditioned",
@@ -772,16 +786,20 @@ class KFAC:
             ref = lr_list[0]
             # Parameter groups with their own learning rates:
             # sum_l lr_l^2 <s_l, g_l> = ref^2 sum_l <(lr_l / ref)^2 s_l, g_l>.
-            probe = steps if all(v == ref for v in lr_list) else [s * (v / ref) ** 2 for s, v in zip(steps, lr_list)]
+            probe = (
+                steps
+                if all(v == ref for v in lr_list)
+                else [s * (v / ref) ** 2 for s, v in zip(steps, lr_list, strict=True)]
+            )
             factor = kl_clip_scale(probe, grads, ref, self.kl_clip, torch_xp)
         self._predicted = None
         if lrs is not None and steps and self._pre.config.damping_adaptation == "lm":
             # the damped quadratic model's loss change for W <- W - lr_l factor step_l, per layer
             self._predicted = sum(self._pre.predicted_change([s], [g], lrs[n] * factor)
-                                  for n, s, g in zip(names, steps, grads))
+                                  for n, s, g in zip(names, steps, grads, strict=True))
         if factor != 1.0:
             steps = [s * factor for s in steps]
-        for name, step in zip(names, steps):
+        for name, step in zip(names, steps, strict=True):
             adapter = self._adapters[name]
             adapter.set_grad(step.to(adapter.module.weight.grad.dtype))
 
@@ -793,7 +811,9 @@ class KFAC:
         checkpoints between steps.
         """
         if self._window:
-            warnings.warn("KFAC.state_dict() leaves out the statistics captured since the last step()", UserWarning, stacklevel=2)
+            warnings.warn(
+                "KFAC.state_dict() leaves out the statistics captured since the last step()", UserWarning, stacklevel=2
+            )
         return {
             "format": FORMAT,
             "method": self.method,
@@ -840,9 +860,11 @@ class KFAC:
     def summary(self) -> str:
         """A table of the registered modules, the modules left to the base optimizer (and why),
         and the registered modules whose forward hooks never fired."""
-        lines = [f"KFAC {self.method!r}, fisher={self.fisher!r}, step {self._pre.steps}, "
-                 f"T_updt={self._schedule['T_updt']}, T_inv={self._schedule['T_inv']}, T_brand={self._schedule['T_brand']}",
-                 "registered (preconditioned):"]
+        lines = [
+            f"KFAC {self.method!r}, fisher={self.fisher!r}, step {self._pre.steps}, "
+            f"T_updt={self._schedule['T_updt']}, T_inv={self._schedule['T_inv']}, T_brand={self._schedule['T_brand']}",
+            "registered (preconditioned):",
+        ]
         for name, a in self._adapters.items():
             lines.append(f"  {name}: {a.describe()}, method {self._pre.method_of(name)!r}, "
                          f"{self._seen[name]} forward calls, {self._fed[name]} statistics updates")

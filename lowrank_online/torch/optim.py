@@ -99,12 +99,16 @@ class KFACOptimizer(torch.optim.Optimizer):
             params = list(model_or_params)
         if isinstance(base, torch.optim.Optimizer):
             if lr is not None or base_options:
-                raise ValueError("`lr` and `base_options` configure a base optimizer built here; `base` is already built")
+                raise ValueError(
+                    "`lr` and `base_options` configure a base optimizer built here; `base` is already built"
+                )
             self.base = base
         else:
             cls = _BASES.get(base.lower()) if isinstance(base, str) else base
             if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-                raise ValueError(f"`base` must be one of {sorted(_BASES)}, an Optimizer class or instance, got {base!r}")
+                raise ValueError(
+                    f"`base` must be one of {sorted(_BASES)}, an Optimizer class or instance, got {base!r}"
+                )
             opts = dict(base_options or {})
             if lr is not None:
                 opts["lr"] = lr

@@ -171,7 +171,9 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
 
     def check(state: KronSumState, where: str) -> None:
         if tuple(state.spectra.shape) != (4,):
-            raise ValueError(f"checkpoint entry '{where}/spectra' must have shape (4,), got {tuple(state.spectra.shape)}")
+            raise ValueError(
+                f"checkpoint entry '{where}/spectra' must have shape (4,), got {tuple(state.spectra.shape)}"
+            )
         for group in ("average", "frozen"):
             terms = getattr(state, group)
             for name in ("L0", "L1"):
