@@ -140,8 +140,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows = []
     for m in args.methods:
-        diff = max(float((a - b).abs().max() / a.abs().max()) for ga, gb in zip(single[m]["grads"], two[m]["grads"])
-                   for a, b in zip(ga, gb))
+        diff = max(
+            float((a - b).abs().max() / a.abs().max())
+            for ga, gb in zip(single[m]["grads"], two[m]["grads"], strict=True)
+            for a, b in zip(ga, gb, strict=True)
+        )
         rows.append({"method": m, "bytes": two[m]["bytes"], "statistics": two[m]["statistics"],
                      "single": single[m]["time"], "two": two[m]["time"], "idle": two[m]["idle"],
                      "owners": two[m]["owners"], "diff": diff})
@@ -163,8 +166,8 @@ def _table(rows: list[dict], args: argparse.Namespace) -> str:
     title = (f"MLP {args.d_in}-{args.width}-{args.width}-10, float32, global batch {args.batch}, rank {args.rank}, "
              f"T_updt = T_inv = 1; 2 gloo processes x 1 thread vs 1 process x 2 threads, {args.steps} timed steps "
              "(python evidence/distributed.py).")
-    lines = [title, "", rule, "  ".join(h.ljust(w) for h, w in zip(head, widths)), rule]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    lines = [title, "", rule, "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)), rule]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
     lines.append(rule)
     return "\n".join(lines) + "\n"
 

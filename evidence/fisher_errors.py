@@ -86,7 +86,7 @@ def errors(a, g) -> np.ndarray:
     F = FisherBlockOperator(a, g).to_dense()
     spec = np.linalg.eigvalsh(F)
     out = np.zeros((len(METHODS), 2))
-    for i, (name, M) in enumerate(approximations(a, g).items()):
+    for i, M in enumerate(approximations(a, g).values()):
         out[i, 0] = np.linalg.norm(F - M) / np.linalg.norm(F)
         out[i, 1] = np.linalg.norm(spec - np.linalg.eigvalsh((M + M.T) / 2)) / np.linalg.norm(spec)
     return out
@@ -127,11 +127,20 @@ def findings(res: dict) -> list[tuple[str, bool, str]]:
     best = [METHODS[int(np.argmin(mean[:, m]))] for m in range(2)]
     two_term = [METHODS.index(m) for m in ("deflation", "Lanczos")]
     defl_best = all(min(mean[i, m] for i in two_term) <= mean[:, m].min() * (1 + 1e-6) for m in range(2))
-    out.append(("deflation (= Lanczos with two terms) is the best approximation on average", defl_best,
-                f"lowest mean Error 1: {best[0]}, Error 2: {best[1]}; deflation {mean[METHODS.index('deflation')][0]:.3g} / "
-                f"{mean[METHODS.index('deflation')][1]:.3g}"))
+    out.append(
+        (
+            "deflation (= Lanczos with two terms) is the best approximation on average",
+            defl_best,
+            f"lowest mean Error 1: {best[0]}, Error 2: {best[1]}; "
+            f"deflation {mean[METHODS.index('deflation')][0]:.3g} / {mean[METHODS.index('deflation')][1]:.3g}",
+        )
+    )
     for m, metric in enumerate(("Error 1", "Error 2")):
-        beats = {name: float(np.mean(e[:, i, m] <= e[:, kfac, m] * (1 + 1e-9))) for i, name in enumerate(METHODS) if i != kfac}
+        beats = {
+            name: float(np.mean(e[:, i, m] <= e[:, kfac, m] * (1 + 1e-9)))
+            for i, name in enumerate(METHODS)
+            if i != kfac
+        }
         out.append((f"every method beats K-FAC on {metric} at every measurement", all(v == 1.0 for v in beats.values()),
                     ", ".join(f"{k} {100 * v:.0f}%" for k, v in beats.items())))
     return out
@@ -142,7 +151,8 @@ def table_rst(results: list[dict]) -> str:
     for res in results:
         pb = res["problem"]
         d_a, d_g = res["dims"]
-        title = f"{pb.data}: layer {pb.layer} (d_a = {d_a}, d_g = {d_g}), {len(res['steps'])} measurements over {pb.epochs} epoch(s)"
+        title = (f"{pb.data}: layer {pb.layer} (d_a = {d_a}, d_g = {d_g}), "
+                 f"{len(res['steps'])} measurements over {pb.epochs} epoch(s)")
         lines += [title, "^" * len(title), "",
                   ".. list-table:: Mean (min-max) over the run",
                   "   :header-rows: 1", "",

@@ -204,8 +204,16 @@ def findings(res: dict) -> list[tuple[str, bool, str]]:
                 ", ".join(f"{m}: {a:.3g} vs {b:.3g}" for m, a, b in zip(METRICS, brk, rk, strict=True))))
     bk, bc = avg["b-kfac"], avg["b-kfac-c"]
     between = [(min(x, y) <= c <= max(x, y)) for x, y, c in zip(bk, brk, bc, strict=True)]
-    out.append(("b-kfac-c lies between b-kfac and b-r-kfac", all(between),
-                ", ".join(f"{m}: {c:.3g} in [{min(x, y):.3g}, {max(x, y):.3g}]" for m, x, y, c in zip(METRICS, bk, brk, bc, strict=True))))
+    out.append(
+        (
+            "b-kfac-c lies between b-kfac and b-r-kfac",
+            all(between),
+            ", ".join(
+                f"{m}: {c:.3g} in [{min(x, y):.3g}, {max(x, y):.3g}]"
+                for m, x, y, c in zip(METRICS, bk, brk, bc, strict=True)
+            ),
+        )
+    )
     # On the wide A factor the two errors agree to three digits here: a tie (within 0.1%) is
     # said as such, and the finding needs no metric worse and at least one better.
     tie = np.abs(brk - bk) <= 1e-3 * bk

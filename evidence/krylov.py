@@ -337,8 +337,10 @@ def run(s: Setup, kinds=KINDS, log=print) -> dict:
                     m = matched(name, entry, prob, pts, s, log)
                     if m is not None:
                         table.append({"kind": kind, "d": d, "method": name, "library": entry[2], **m})
-                    log(f"  {name:28s} {len(pts)} points; matched: "
-                        + (f"setting {m['setting']} products {m['products']} value {m['value_err']:.1e}" if m else "no"))
+                    log(
+                        f"  {name:28s} {len(pts)} points; matched: "
+                        + (f"setting {m['setting']} products {m['products']} value {m['value_err']:.1e}" if m else "no")
+                    )
             if kind == "fast":
                 for threads in s.threads:
                     _time_matched(prob, ms, [r for r in table if r["kind"] == kind and r["d"] == d], threads, s, log)
@@ -421,12 +423,15 @@ def targets(res: dict) -> list[tuple[str, bool | None, str]]:
         out.append((f"{lib.split()[0]} at least {factor:g}x as fast as scikit-learn's randomized_svd at equal "
                     f"accuracy ({what} target), 1 thread, every d", ok, "; ".join(parts)))
     parts, ok = [], True
-    peers = [m for m in {r["method"] for r in table} if m in ("sklearn randomized_svd", "torch.svd_lowrank", "fbpca pca",
-                                                              "fbpca eigenn (PSD)")]
+    peers = [
+        m
+        for m in {r["method"] for r in table}
+        if m in ("sklearn randomized_svd", "torch.svd_lowrank", "fbpca pca", "fbpca eigenn (PSD)")
+    ]
     for d in s.sizes:
         curves = res["curves"]
 
-        def first(method):
+        def first(method, curves=curves, d=d):
             pts = curves.get(("slow", d, method), [])
             return next((pt["products"] for pt in pts if pt["value_err"] <= s.value_tol), None)
         ours = [x for x in (first("reigh (block Krylov)"), first("rsvd (block Krylov)")) if x is not None]

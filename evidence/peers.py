@@ -484,10 +484,21 @@ def lz_methods(inp: dict, s: Setup, d: int, want=None) -> dict:
 
     return {
         "lanczos_svd (operator)": (lambda _q, _s=0: counted(lambda: lanczos_svd(op, k, tol=tol, seed=0)), None, True),
-        "lanczos_svd (array)": (lambda _q, _s=0: lambda: (lambda r: (r, r.n_products))(lanczos_svd(A, k, tol=tol, seed=0)),
-                                None, True),
-        "svds ARPACK (operator)": (lambda _q, _s=0: counted(lambda: svds(op, k, tol=tol, solver="arpack", rng=0)), None, False),
-        "svds PROPACK (operator)": (lambda _q, _s=0: counted(lambda: svds(op, k, tol=tol, solver="propack", rng=0)), None, False),
+        "lanczos_svd (array)": (
+            lambda _q, _s=0: lambda: (lambda r: (r, r.n_products))(lanczos_svd(A, k, tol=tol, seed=0)),
+            None,
+            True,
+        ),
+        "svds ARPACK (operator)": (
+            lambda _q, _s=0: counted(lambda: svds(op, k, tol=tol, solver="arpack", rng=0)),
+            None,
+            False,
+        ),
+        "svds PROPACK (operator)": (
+            lambda _q, _s=0: counted(lambda: svds(op, k, tol=tol, solver="propack", rng=0)),
+            None,
+            False,
+        ),
     }
 
 
@@ -626,7 +637,7 @@ def run_section(section: str, s: Setup, log=print) -> list[dict]:
                     reached = meets(acc, s)
             else:
                 start = ladder.index(previous[name]) - 1 if previous.get(name) in ladder else 0
-                setting, acc, reached = match(factory, ladder, lambda r, n=name: accuracy(inp, n, r, s),
+                setting, acc, reached = match(factory, ladder, lambda r, n=name, inp=inp: accuracy(inp, n, r, s),
                                               lambda a: meets(a, s), s.seeds, start)
                 previous[name] = setting
             fns[name] = factory(setting)
@@ -837,7 +848,9 @@ def exponents(rows: list[dict], threads: int) -> dict:
     out = {}
     keys = dict.fromkeys((r["section"], r["method"]) for r in rows if r["threads"] == threads)
     for key in keys:
-        pts = sorted((r["d"], r["best"]) for r in rows if (r["section"], r["method"]) == key and r["threads"] == threads)
+        pts = sorted(
+            (r["d"], r["best"]) for r in rows if (r["section"], r["method"]) == key and r["threads"] == threads
+        )
         if len(pts) >= 3:
             out[key] = (fitted_exponent([p[0] for p in pts], [p[1] for p in pts]), pts[0][0], pts[-1][0])
     return out

@@ -122,10 +122,10 @@ def best_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
 def claims(chosen) -> list[tuple[str, bool]]:
     out = []
     for model in sorted({m for m, _ in chosen}):
-        def curve(method):
+        def curve(method, model=model):
             return np.mean([r.test for r in chosen[(model, method)]], axis=0)
 
-        def seconds(method):
+        def seconds(method, model=model):
             return np.mean([np.mean(r.seconds) for r in chosen[(model, method)]])
 
         sgd, adam = curve("sgd"), curve("adam")
@@ -158,7 +158,7 @@ def table(chosen, header: str) -> str:
                      f"{np.mean([np.mean(r.seconds) for r in rs]):.3f}"])
     widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
     sep = "  ".join("=" * w for w in widths)
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     lines = [header, "", sep, fmt(cols), sep, *map(fmt, body), sep, "", "Claims:", ""]
     lines += [f"* {'holds' if ok else 'does not hold'}: {text}" for text, ok in claims(chosen)]
     return "\n".join(lines) + "\n"
@@ -205,9 +205,11 @@ def main(argv: list[str] | None = None):
                     runs.append(run(model, method, lr, seed, epochs))
             print(f"{model} {method} done", flush=True)
     chosen = best_runs(runs)
-    header = (f"Digits, batch 64, {epochs} epochs, {seeds} seeds (mean ± std), learning rate chosen on a validation split; "
-              f"KFAC methods: defaults T_updt=10, T_inv=100, rank 32, kl_clip 1e-3, SGD momentum 0.9 "
-              f"(python evidence/torch_digits.py, {torch.get_num_threads()} threads).")
+    header = (
+        f"Digits, batch 64, {epochs} epochs, {seeds} seeds (mean ± std), learning rate chosen on a validation split; "
+        f"KFAC methods: defaults T_updt=10, T_inv=100, rank 32, kl_clip 1e-3, SGD momentum 0.9 "
+        f"(python evidence/torch_digits.py, {torch.get_num_threads()} threads)."
+    )
     text = table(chosen, header)
     print(text)
     publish(text, chosen, plot, table="torch_digits_table.rst", figure="torch_digits.png",

@@ -225,7 +225,7 @@ def _module_overhead(build, model, x, y, repeat, device, rank, sgd) -> float:
 
     def restore():
         # kfac.step() preconditions .grad in place: repeated on the same .grad it would blow up
-        for p, g in zip(model.parameters(), saved):
+        for p, g in zip(model.parameters(), saved, strict=True):
             p.grad.copy_(g)
 
     def via_module():
@@ -279,7 +279,7 @@ def table(rows: list[Row], header: str) -> str:
                      f"{r.amortised:.2f}", "" if r.measured is None else f"{r.measured:.2f}"])
     widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
     sep = "  ".join("=" * w for w in widths)
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     return "\n".join([header, "", sep, fmt(cols), sep, *map(fmt, body), sep, ""])
 
 
@@ -294,7 +294,7 @@ def plot(rows: list[Row], path) -> bool:
     for p in PHASES:
         vals = [r.phases[p] / r.sgd for r in rows]
         ax.barh(labels, vals, left=left, label=p)
-        left = [a + b for a, b in zip(left, vals)]
+        left = [a + b for a, b in zip(left, vals, strict=True)]
     ax.set_xlabel("time per phase / one SGD step (statistics, factor, decomposition not amortised)")
     ax.invert_yaxis()
     ax.legend(fontsize=7)
@@ -333,9 +333,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if not args.no_cnn:
         rows += measure("CNN", lambda: cnn(4 if args.quick else 16), x, y, args.methods, repeat, device, rank,
                         args.check_amortised)
-    header = (f"Per-phase time relative to one SGD step; batch {batch}, float32, rank {rank}, {torch.get_num_threads()} "
-              f"threads on {device}; amortised with T_updt={DEFAULTS['T_updt']}, T_inv={DEFAULTS['T_inv']}, "
-              "T_brand=T_updt (python evidence/torch_overhead.py).")
+    header = (
+        f"Per-phase time relative to one SGD step; batch {batch}, float32, rank {rank}, {torch.get_num_threads()} "
+        f"threads on {device}; amortised with T_updt={DEFAULTS['T_updt']}, T_inv={DEFAULTS['T_inv']}, "
+        "T_brand=T_updt (python evidence/torch_overhead.py)."
+    )
     text = table(rows, header)
     print(text)
     publish(text, rows, plot, table="torch_overhead_table.rst", figure="torch_overhead.png",

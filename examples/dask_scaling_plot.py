@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def series(points: dict) -> tuple[list[int], list[float]]:
         ds = sorted(points, key=int)
-        return [int(d) for d in ds], [float(points[d]["time"] if isinstance(points[d], dict) else points[d]) for d in ds]
+        return [int(d) for d in ds], [
+            float(points[d]["time"] if isinstance(points[d], dict) else points[d]) for d in ds
+        ]
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     d, t = series(res["dask"])

@@ -40,7 +40,10 @@ from lowrank_online import (
 def layer_statistics(sizes, n, layer, seed):
     """Per-sample (a, g) of one dense layer: forward pass, sampled targets, backward pass."""
     rng = np.random.default_rng(seed)
-    weights = [rng.standard_normal((d_out, d_in + 1)) / np.sqrt(d_in + 1) for d_in, d_out in zip(sizes[:-1], sizes[1:])]
+    weights = [
+        rng.standard_normal((d_out, d_in + 1)) / np.sqrt(d_in + 1)
+        for d_in, d_out in zip(sizes[:-1], sizes[1:], strict=True)
+    ]
     h = rng.standard_normal((n, sizes[0]))
     inputs = []
     for k, W in enumerate(weights):

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     spent = 0.0
     print(f"d = {d}, rank = {r}, batch = {n}, decay = {rho}, backend = {args.backend}, "
           f"threads = {args.threads or 'default'}{' (NumPy reference: 1)' if reference_pool is not None else ''}")
-    print(f"{'step':>5} {'B-update err':>13} {'+refresh err':>13} {'best r+n err':>13} {'top-5 eig err':>14} {'ms/update':>10}")
+    print(f"{'step':>5} {'B-update err':>13} {'+refresh err':>13} {'best r+n err':>13} "
+          f"{'top-5 eig err':>14} {'ms/update':>10}")
     for k in range(args.steps):
         X = root @ rng.standard_normal((d, n))
         A = X / np.sqrt(n)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             norm = np.linalg.norm(exact)
             best = np.sqrt(np.sum(w[r + n :] ** 2)) / norm
 
-            def err(tracker):
+            def err(tracker, exact=exact, norm=norm):
                 Q, L = _to_numpy(tracker.eigenvectors), _to_numpy(tracker.eigenvalues)
                 return np.linalg.norm(exact - (Q * L) @ Q.T) / norm
 

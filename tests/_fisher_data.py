@@ -24,7 +24,7 @@ class TinyMLP:
         self.sizes = tuple(sizes)
         self.weights = [
             rng.standard_normal((d_out, d_in + 1)) / np.sqrt(d_in + 1)
-            for d_in, d_out in zip(sizes[:-1], sizes[1:])
+            for d_in, d_out in zip(sizes[:-1], sizes[1:], strict=True)
         ]
 
     def forward(self, X, weights=None):
@@ -65,7 +65,7 @@ class TinyMLP:
                 g = (g @ self.weights[i][:, :-1]) * (1.0 - h * h)
         self.last_targets = y
         self.last_inputs = X
-        return list(zip(inputs, grads))
+        return list(zip(inputs, grads, strict=True))
 
 
 def mlp_statistics(layer=1, n_samples=64, sizes=(6, 8, 5, 4), seed=0):

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import asarray, to_np
+from _helpers import asarray, namespace, to_np
 
 import lowrank_online as lo
 from lowrank_online.curvature import KFACPreconditioner
@@ -295,9 +295,7 @@ EXPECTED = {"numpy": 670, "array_api_strict": 727, "torch": 727}
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("backend", ["numpy", "array_api_strict", "torch"])
 def test_every_bad_input_is_refused_naming_the_argument_and_changes_nothing(backend, dtype):
-    from conftest import _namespace
-
-    xp = _namespace(backend)
+    xp = namespace(backend)
     tried, wrong = 0, []
     for entry in entries(xp, dtype):
         valid = {k: v for k, (v, _) in entry.arguments.items()}

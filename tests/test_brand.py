@@ -6,7 +6,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import (
+from _helpers import (
     RTOL,
     asarray,
     assert_backend,
@@ -211,7 +211,11 @@ def test_svd_update_accepts_vectors(xp):
 # --------------------------------------------------------------------------------------------
 def _eigh_args(xp, **over):
     rng = np.random.default_rng(11)
-    args = {"eigenvalues": np.array([2.0, 1.0]), "eigenvectors": random_basis(rng, 6, 2), "A": rng.standard_normal((6, 3))}
+    args = {
+        "eigenvalues": np.array([2.0, 1.0]),
+        "eigenvectors": random_basis(rng, 6, 2),
+        "A": rng.standard_normal((6, 3)),
+    }
     args.update(over)
     return {k: (asarray(xp, v) if isinstance(v, np.ndarray) else v) for k, v in args.items()}
 

@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import asarray, to_np
+from _helpers import asarray, to_np
 
 from lowrank_online import load_state, save_state
 

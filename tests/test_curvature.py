@@ -7,7 +7,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import asarray, to_np
+from _helpers import asarray, to_np
 
 from lowrank_online import DecompositionError, load_state, reigh, save_state
 from lowrank_online.curvature import KFACPreconditioner, factors, kl_clip_scale
@@ -47,7 +47,9 @@ def test_kfac_equals_dense_damped_kronecker_solve(xp, dtype_name, mode):
     for a, g in batches:
         pre.update("fc", asarray(xp, a, dtype_name), asarray(xp, g, dtype_name))
         pre.step()
-    A, G = _dense_factors([(np.asarray(a, dtype_name).astype(float), np.asarray(g, dtype_name).astype(float)) for a, g in batches], rho)
+    A, G = _dense_factors(
+        [(np.asarray(a, dtype_name).astype(float), np.asarray(g, dtype_name).astype(float)) for a, g in batches], rho
+    )
     wa, wg = np.linalg.eigvalsh(A), np.linalg.eigvalsh(G)
     if mode == "relative":
         lam = (0.05 * wa[-1], 0.05 * wg[-1])
@@ -76,7 +78,9 @@ def test_full_rank_methods_give_the_kfac_step(xp, method):
             p.update("fc", asarray(xp, a), asarray(xp, g))
             p.step()
     grad = asarray(xp, rng.standard_normal((d_g, d_a)))
-    np.testing.assert_allclose(to_np(pre.precondition("fc", grad)), to_np(ref.precondition("fc", grad)), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        to_np(pre.precondition("fc", grad)), to_np(ref.precondition("fc", grad)), rtol=1e-10, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("method", FAMILY)

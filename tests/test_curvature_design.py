@@ -9,7 +9,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from conftest import asarray, to_np
+from _helpers import asarray, to_np
 
 from lowrank_online import load_state, save_state
 from lowrank_online.curvature import METHODS, CurvatureConfig, KFACPreconditioner, LayerState, registry
@@ -71,8 +71,12 @@ def _method_comparisons(path: pathlib.Path) -> list[str]:
 
 def test_the_method_name_is_compared_in_the_registry_only():
     # the adapter and what sits above it (the Kronecker toolkit's kpsvd has a `method` of its own)
-    paths = [*(PACKAGE / "curvature").rglob("*.py"), *(PACKAGE / "nn").rglob("*.py"), *(PACKAGE / "torch").rglob("*.py"),
-             *PACKAGE.glob("*.py")]
+    paths = [
+        *(PACKAGE / "curvature").rglob("*.py"),
+        *(PACKAGE / "nn").rglob("*.py"),
+        *(PACKAGE / "torch").rglob("*.py"),
+        *PACKAGE.glob("*.py"),
+    ]
     offenders = []
     for path in paths:
         if path.name != "registry.py":

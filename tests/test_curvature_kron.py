@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import asarray, to_np
+from _helpers import asarray, to_np
 
 from lowrank_online import load_state, nearest_kron, save_state
 from lowrank_online.curvature import METHODS, KFACPreconditioner
@@ -48,7 +48,9 @@ def test_tkfac_matches_dense_trace_restricted_factors(xp):
         d = np.mean(np.sum(a * a, 1) * np.sum(g * g, 1))
         ph = (a.T * np.sum(g * g, 1)) @ a / len(a) / d
         ps = (g.T * np.sum(a * a, 1)) @ g / len(a) / d
-        delta, Phi, Psi = (d, ph, ps) if delta is None else (0.8 * delta + 0.2 * d, 0.8 * Phi + 0.2 * ph, 0.8 * Psi + 0.2 * ps)
+        delta, Phi, Psi = (
+            (d, ph, ps) if delta is None else (0.8 * delta + 0.2 * d, 0.8 * Phi + 0.2 * ph, 0.8 * Psi + 0.2 * ps)
+        )
     left, right = math.sqrt(delta) * Psi, math.sqrt(delta) * Phi
     lam_l, lam_r = 0.05 * np.linalg.eigvalsh(left)[-1], 0.05 * np.linalg.eigvalsh(right)[-1]
     grad = rng.standard_normal((5, 7))
@@ -95,7 +97,11 @@ def test_feeding_the_same_batch_twice_keeps_the_factors(method):
 
     def products():
         st = pre.layer_state("fc").state
-        pairs = [(st.left, st.right)] if method == "kpsvd" else [(st.average.L0, st.average.R0), (st.average.L1, st.average.R1)]
+        pairs = (
+            [(st.left, st.right)]
+            if method == "kpsvd"
+            else [(st.average.L0, st.average.R0), (st.average.L1, st.average.R1)]
+        )
         return [np.kron(left, right) for left, right in pairs]
 
     _feed(pre, [(a, g)])
@@ -179,4 +185,6 @@ def test_kron_methods_run_on_every_backend(xp, method):
     grad = asarray(xp, rng.standard_normal((5, 7)))
     ref = KFACPreconditioner(method, T_inv=1)
     _feed(ref, _batches(np.random.default_rng(8), 2))
-    np.testing.assert_allclose(to_np(pre.precondition("fc", grad)), ref.precondition("fc", to_np(grad)), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        to_np(pre.precondition("fc", grad)), ref.precondition("fc", to_np(grad)), rtol=1e-6, atol=1e-9
+    )

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import asarray, to_np
+from _helpers import asarray, to_np
 
 from lowrank_online import DecompositionError
 from lowrank_online.curvature import METHODS, KFACPreconditioner

@@ -1,7 +1,7 @@
 """The online core on Dask arrays, on a real ``dask.distributed.LocalCluster`` (2 processes).
 
 Every result is compared with the NumPy result of the same call (itself checked against dense
-references in the other test files) at the tolerances of ``conftest.py``; results must come
+references in the other test files) at the tolerances of ``_helpers.py``; results must come
 back as Dask arrays chunked like the inputs. Also: orthonormality over a long stream, a bounded
 task graph and bounded worker memory over 1,000 updates, checkpoint / ``client.restart()`` /
 resume, and the bad inputs of issue 7.
@@ -23,7 +23,7 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
 import array_api_compat.dask.array as dxp  # noqa: E402
-from conftest import assert_matrix_close, assert_orthonormal, increment_block, random_basis, to_np  # noqa: E402
+from _helpers import assert_matrix_close, assert_orthonormal, increment_block, random_basis, to_np  # noqa: E402
 
 # The probes benchmarks/bench_dask.py reports the stream footprint with (benchmarks/_measure.py, not
 # installed; the repository root is on pytest's pythonpath): this test bounds the same figures.
@@ -156,7 +156,8 @@ def test_rsvd_dense_fallback_on_tall_dask_array(client):
 def test_reigh_on_dask_equals_numpy_for_the_same_seed(client, case):
     rng = np.random.default_rng(6)
     d = 24 if case == "dense-fallback" else 400
-    B = rng.standard_normal((d, 3 if case == "rank-deficient" else 60)) * 0.9 ** np.arange(3 if case == "rank-deficient" else 60)
+    width = 3 if case == "rank-deficient" else 60
+    B = rng.standard_normal((d, width)) * 0.9 ** np.arange(width)
     X = B @ B.T
     ref = reigh(X, 6, seed=11)
     res = reigh(_dask(X), 6, seed=11)

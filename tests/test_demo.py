@@ -83,7 +83,9 @@ def test_a_failing_check_fails_the_run(monkeypatch, capsys):
 
 def test_a_missing_optional_package_skips_its_section(monkeypatch):
     real = demo.importlib.util.find_spec
-    monkeypatch.setattr(demo.importlib.util, "find_spec", lambda name, *a: None if name == "distributed" else real(name, *a))
+    monkeypatch.setattr(
+        demo.importlib.util, "find_spec", lambda name, *a: None if name == "distributed" else real(name, *a)
+    )
     lines: list[str] = []
     result = demo.run(["solve", "dask"], quick=True, echo=lines.append)
     skipped = result.sections[1]
@@ -117,7 +119,10 @@ def test_threads_auto_limits_to_one_when_the_machine_is_oversubscribed(monkeypat
     monkeypatch.setattr(demo._threads, "limit_threads", lambda n: asked.append(n))
     assert demo.main(["--quick", "--section", "solve", "--no-progress"]) == 0
     assert asked == [1]
-    assert "note: 2 BLAS/OpenMP threads on 2 cores with a load of 3.0: slow; running with 1 thread" in capsys.readouterr().out
+    assert (
+        "note: 2 BLAS/OpenMP threads on 2 cores with a load of 3.0: slow; running with 1 thread"
+        in capsys.readouterr().out
+    )
     asked.clear()
     assert demo.main(["--quick", "--section", "solve", "--no-progress", "--threads", "2"]) == 0
     assert asked == [2]

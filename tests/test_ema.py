@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import asarray, assert_backend, assert_matrix_close, assert_orthonormal, to_np
+from _helpers import asarray, assert_backend, assert_matrix_close, assert_orthonormal, to_np
 
 from lowrank_online import LowRankEMA, _linalg, ema, load_state, reigh, save_state
 
@@ -26,7 +26,7 @@ def test_update_follows_dense_process_10_over_50_steps(xp, dtype_name):
     basis = rng.standard_normal((d, 12)) * 0.8 ** np.arange(12)  # decaying spectrum
     tracker = LowRankEMA(rank=r, decay=rho)
     dense = None
-    for k in range(50):
+    for _ in range(50):
         A = np.asarray(basis @ rng.standard_normal((12, n)) + 0.05 * rng.standard_normal((d, n)), np.dtype(dtype_name))
         tracker.update(asarray(xp, A, dtype_name))
         Af = A.astype(float)
@@ -200,7 +200,9 @@ def test_restore_orthonormality_keeps_the_matrix():
     L = np.linspace(5.0, 1.0, 6)
     res = ema._restore_orthonormality(xp.asarray(L), xp.asarray(Q), xp)
     assert np.abs(res.eigenvectors.T @ res.eigenvectors - np.eye(6)).max() < 1e-14
-    assert_matrix_close(res.eigenvectors @ np.diag(res.eigenvalues) @ res.eigenvectors.T, Q @ np.diag(L) @ Q.T, "float64")
+    assert_matrix_close(
+        res.eigenvectors @ np.diag(res.eigenvalues) @ res.eigenvectors.T, Q @ np.diag(L) @ Q.T, "float64"
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import RTOL, asarray, to_np
+from _helpers import RTOL, asarray, to_np
 
 from lowrank_online import DecompositionError, LowRankEMA, ema
 

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import asarray, assert_orthonormal, to_np
+from _helpers import asarray, assert_orthonormal, to_np
 
 from lowrank_online import (
     DecompositionError,

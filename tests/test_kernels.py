@@ -6,7 +6,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import asarray, to_np
+from _helpers import asarray, to_np
 
 from lowrank_online import DecompositionError, _array, _backend, _linalg, eigh_update
 

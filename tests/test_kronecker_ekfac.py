@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _fisher_data import dense_fisher, kfac_dense, mlp_statistics, random_statistics
-from conftest import asarray, assert_backend, assert_orthonormal, to_np
+from _helpers import asarray, assert_backend, assert_orthonormal, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 

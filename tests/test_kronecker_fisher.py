@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from _fisher_data import TinyMLP, dense_fisher, mlp_statistics, random_statistics, rearrange_loops
-from conftest import asarray, assert_backend, to_np
+from _helpers import asarray, assert_backend, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 

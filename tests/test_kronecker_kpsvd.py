@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _fisher_data import dense_fisher, kfac_dense, mlp_statistics, optimal_errors, random_statistics
-from conftest import asarray, assert_backend, to_np
+from _helpers import asarray, assert_backend, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,7 +24,7 @@ def _data(kind):
 
 
 def _error(F, ks):
-    return np.linalg.norm(F - sum(np.kron(to_np(L), to_np(R)) for L, R in zip(ks.left, ks.right)))
+    return np.linalg.norm(F - sum(np.kron(to_np(L), to_np(R)) for L, R in zip(ks.left, ks.right, strict=True)))
 
 
 @pytest.mark.parametrize("kind", ["mlp", "mlp-first-layer", "random"])
@@ -74,7 +74,7 @@ def test_three_lanczos_terms_match_the_dense_nearest_kronecker_sum(kind):
     for method in ("lanczos", "deflation"):
         ks = kpsvd(xp.asarray(a), xp.asarray(g), terms=3, method=method, tol=1e-11)
         assert abs(_error(F, ks) - optimum[2]) <= 1e-8 * optimum[2]
-        norms = [np.linalg.norm(L) * np.linalg.norm(R) for L, R in zip(ks.left, ks.right)]
+        norms = [np.linalg.norm(L) * np.linalg.norm(R) for L, R in zip(ks.left, ks.right, strict=True)]
         assert norms == sorted(norms, reverse=True)
 
 
@@ -128,7 +128,7 @@ def test_warm_start_reproduces_the_result(xp):
     again = kpsvd(A, G, terms=2, method="deflation", tol=1e-8, init=first)
     lz = kpsvd(A, G, terms=2, method="lanczos", tol=1e-8, init=first)
     for ks in (again, lz):
-        for M, N in zip(first.left + first.right, ks.left + ks.right):
+        for M, N in zip(first.left + first.right, ks.left + ks.right, strict=True):
             np.testing.assert_allclose(to_np(M), to_np(N), atol=1e-6 * float(np.abs(to_np(M)).max()))
     kc = kfac_corrected(A, G, tol=1e-8)
     kc2 = kfac_corrected(A, G, tol=1e-8, init=kc)

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from _fisher_data import dense_fisher, mlp_statistics, rearrange_loops
-from conftest import ORTH, asarray, assert_backend, assert_orthonormal, reference_flip, to_np
+from _helpers import ORTH, asarray, assert_backend, assert_orthonormal, reference_flip, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 

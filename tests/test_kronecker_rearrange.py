@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _fisher_data import dense_fisher, mlp_statistics, random_statistics, rearrange_loops
-from conftest import asarray, assert_backend, assert_matrix_close, to_np
+from _helpers import asarray, assert_backend, assert_matrix_close, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -53,7 +53,7 @@ def test_nearest_kron_error_is_the_svd_tail_of_the_rearrangement(dims, terms, se
     err = np.linalg.norm(M - ks.to_dense())
     np.testing.assert_allclose(err, np.sqrt(np.sum(s[terms:] ** 2)), atol=1e-12 * np.linalg.norm(M))
     # and the dense sum equals the sum of np.kron of the returned factors
-    ref = sum(np.kron(L, R) for L, R in zip(ks.left, ks.right))
+    ref = sum(np.kron(L, R) for L, R in zip(ks.left, ks.right, strict=True))
     np.testing.assert_allclose(ks.to_dense(), ref, atol=1e-14 * np.linalg.norm(M))
 
 
@@ -64,7 +64,7 @@ def test_nearest_kron_recovers_an_exact_kronecker_sum(xp, dtype_name):
     ks = nearest_kron(asarray(xp, M, dtype_name), (3, 2), (4, 5), terms=2)
     assert ks.n_terms == 2 and ks.left_shape == (3, 2) and ks.right_shape == (4, 5)
     assert_matrix_close(to_np(ks.to_dense()), M, dtype_name, factor=100)
-    for L, R in zip(ks.left, ks.right):
+    for L, R in zip(ks.left, ks.right, strict=True):
         assert_backend(L, xp, dtype_name)
         assert_backend(R, xp, dtype_name)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import to_np
+from _helpers import to_np
 
 from lowrank_online.curvature import KFACPreconditioner
 from lowrank_online.nn import (
@@ -31,7 +31,7 @@ def _targets(loss, rng, n, k):
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
-@pytest.mark.parametrize("loss", [SoftmaxCrossEntropy(), SquaredError(), BinaryCrossEntropy()], ids=lambda l: l.name)
+@pytest.mark.parametrize("loss", [SoftmaxCrossEntropy(), SquaredError(), BinaryCrossEntropy()], ids=lambda fn: fn.name)
 def test_backward_matches_finite_differences(activation, loss):
     import array_api_compat.numpy as xp
 

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import RTOL, asarray, assert_backend, assert_matrix_close, assert_orthonormal, to_np
+from _helpers import RTOL, asarray, assert_backend, assert_matrix_close, assert_orthonormal, to_np
 
 from lowrank_online import DecompositionError, StreamingPCA, load_state, save_state
 from lowrank_online.pca import NamespaceMismatchError, _batches

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import RTOL, asarray, assert_backend, assert_orthonormal, to_np
+from _helpers import RTOL, asarray, assert_backend, assert_orthonormal, to_np
 
 from lowrank_online import reigh, rsvd
 
@@ -141,7 +141,9 @@ def test_reigh_matches_dense_eigh(xp, dtype_name):
     assert_orthonormal(res.eigenvectors, dtype_name)
     # eigenvectors of well-separated eigenvalues agree up to the sign convention
     got = to_np(res.eigenvectors)[:, :6]
-    np.testing.assert_allclose(np.abs(np.sum(got * V[:, :6], axis=0)), 1.0, atol=1e-6 if dtype_name == "float64" else 1e-3)
+    np.testing.assert_allclose(
+        np.abs(np.sum(got * V[:, :6], axis=0)), 1.0, atol=1e-6 if dtype_name == "float64" else 1e-3
+    )
     assert_backend(res.eigenvalues, xp, dtype_name)
     assert_backend(res.eigenvectors, xp, dtype_name)
 
@@ -202,7 +204,11 @@ def test_reigh_on_rank_deficient_input_returns_zero_eigenvalues(xp):
         (lambda xp, X: rsvd(X, 2, n_iter=1.5), TypeError, "`n_iter` must be an integer"),
         (lambda xp, X: rsvd(X, 2, seed="a"), TypeError, "`seed` must be None"),
         (lambda xp, X: reigh(X, 2), ValueError, "`X` must be square"),
-        (lambda xp, X: reigh(X[:10, :10] + 1.0 * asarray(xp, np.triu(np.ones((10, 10)))), 2), ValueError, "must be symmetric"),
+        (
+            lambda xp, X: reigh(X[:10, :10] + 1.0 * asarray(xp, np.triu(np.ones((10, 10)))), 2),
+            ValueError,
+            "must be symmetric",
+        ),
         (lambda xp, X: rsvd(X * float("nan"), 2), ValueError, "`X` contains NaN"),
         (lambda xp, X: rsvd(object(), 2), TypeError, "`X` must be an array or an operator"),
     ],

@@ -7,7 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import asarray, assert_backend, assert_orthonormal, to_np
+from _helpers import asarray, assert_backend, assert_orthonormal, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 

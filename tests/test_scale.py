@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from conftest import RTOL, asarray, assert_matrix_close, assert_orthonormal, increment_block, random_basis, to_np
+from _helpers import RTOL, asarray, assert_matrix_close, assert_orthonormal, increment_block, random_basis, to_np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -184,7 +184,10 @@ def test_kronecker_sum_approximations_keep_their_accuracy_at_any_scale(xp, dtype
     if method == "power":
         got, want = kpsvd(A, G, tol=tol).to_dense(), kpsvd(ac, gc, tol=1e-12).to_dense()
     elif method == "lanczos":
-        got, want = kpsvd(A, G, terms=2, method="lanczos", tol=tol).to_dense(), kpsvd(ac, gc, terms=2, method="lanczos", tol=1e-12).to_dense()
+        got, want = (
+            kpsvd(A, G, terms=2, method="lanczos", tol=tol).to_dense(),
+            kpsvd(ac, gc, terms=2, method="lanczos", tol=1e-12).to_dense(),
+        )
     elif method == "ekfac":
         got, want = ekfac_factors(A, G).to_dense(), ekfac_factors(ac, gc).to_dense()
     else:
@@ -237,7 +240,9 @@ def test_kron_sum_inverse_keeps_its_accuracy_at_any_scale(xp, dtype_name, data):
     solver = KronSumInverse(*(asarray(xp, M * f, dtype_name) for M, f in ((A, s), (B, u), (C, s), (D, u))))
     got = to_np(solver.apply(asarray(xp, V, dtype_name))) * (s * u)
     Ac, Bc, Cc, Dc = (_seen(M, f, dtype_name) for M, f in ((A, s), (B, u), (C, s), (D, u)))
-    want = np.linalg.solve(np.kron(Ac, Bc) + np.kron(Cc, Dc), np.asarray(V, dtype=np.dtype(dtype_name)).astype(float).reshape(-1))
+    want = np.linalg.solve(
+        np.kron(Ac, Bc) + np.kron(Cc, Dc), np.asarray(V, dtype=np.dtype(dtype_name)).astype(float).reshape(-1)
+    )
     cond = np.linalg.cond(np.kron(Ac, Bc) + np.kron(Cc, Dc))
     assert_matrix_close(got.reshape(-1), want, dtype_name, factor=10 * cond)
 

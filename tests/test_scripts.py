@@ -57,8 +57,8 @@ def test_cli_train_save_resume_and_compare(tmp_path):
                "--no-progress", "--resume", ckpt)
     lines = [line for line in out.splitlines() if line.strip().startswith("2 ")]
     assert lines, out  # resumed at epoch 2
-    out = _run("-m", "lowrank_online.cli", "compare", "--data", "digits", "--epochs", "1", "--methods", "sgd,kfac,bkfac",
-               "--no-progress", "--quiet")
+    out = _run("-m", "lowrank_online.cli", "compare", "--data", "digits", "--epochs", "1",
+               "--methods", "sgd,kfac,bkfac", "--no-progress", "--quiet")
     assert "t_epoch" in out and "bkfac" in out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import asarray, assert_backend, assert_orthonormal, reference_flip, to_np
+from _helpers import asarray, assert_backend, assert_orthonormal, reference_flip, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -114,7 +114,9 @@ def test_state_dict_round_trip_is_bit_exact():
     sk = NystromSketch(50, 3, decay=0.7, seed=0)
     for A in batches[:2]:
         sk.update(A)
-    back = NystromSketch.from_state_dict({k: np.array(v) if hasattr(v, "shape") else v for k, v in sk.state_dict().items()})
+    back = NystromSketch.from_state_dict(
+        {k: np.array(v) if hasattr(v, "shape") else v for k, v in sk.state_dict().items()}
+    )
     for A in batches[2:]:
         sk.update(A)
         back.update(A)
@@ -154,10 +156,18 @@ def test_sketch_eigenpairs_are_exact_below_the_sketch_size(d, rank, extra, n, ba
         (lambda: NystromSketch(10, 2), lambda sk: sk.update(np.full((10, 2), np.nan)), ValueError, "`A` contains NaN"),
         (lambda: NystromSketch(10, 2), lambda sk: sk.update([[1.0]] * 10), TypeError, "`A` must be an array"),
         (lambda: NystromSketch(10, 2), lambda sk: sk.eigh(), ValueError, r"eigh\(\) needs a sketch"),
-        (lambda: NystromSketch(10, 2), lambda sk: (sk.update(np.ones((10, 1))), sk.update(np.ones((10, 1), np.float32))),
-         TypeError, "`A` has dtype float32 but the sketch holds float64"),
-        (lambda: NystromSketch(10, 2), lambda sk: (sk.update(np.ones((10, 1))), sk.eigh(rank=9)), ValueError,
-         "`rank` must be an integer in"),
+        (
+            lambda: NystromSketch(10, 2),
+            lambda sk: (sk.update(np.ones((10, 1))), sk.update(np.ones((10, 1), np.float32))),
+            TypeError,
+            "`A` has dtype float32 but the sketch holds float64",
+        ),
+        (
+            lambda: NystromSketch(10, 2),
+            lambda sk: (sk.update(np.ones((10, 1))), sk.eigh(rank=9)),
+            ValueError,
+            "`rank` must be an integer in",
+        ),
     ],
 )
 def test_sketch_rejects_bad_input_and_keeps_its_state(make, call, error, match):

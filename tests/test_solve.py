@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import asarray, assert_backend, assert_matrix_close, random_basis, to_np
+from _helpers import asarray, assert_backend, assert_matrix_close, random_basis, to_np
 from hypothesis import given
 from hypothesis import strategies as st
 

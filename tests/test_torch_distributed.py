@@ -86,7 +86,9 @@ def _shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return x[rank * n:(rank + 1) * n]
 
 
-def _train_step(model: nn.Module, kfac: KFAC, x: torch.Tensor, y: torch.Tensor, world: int | None) -> list[torch.Tensor]:
+def _train_step(
+    model: nn.Module, kfac: KFAC, x: torch.Tensor, y: torch.Tensor, world: int | None
+) -> list[torch.Tensor]:
     model.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
     if world is not None:  # what DistributedDataParallel does
@@ -117,7 +119,7 @@ def _compare(method: str, dtype: torch.dtype, rank: int, world: int, steps: int 
             warnings.simplefilter("ignore")
             want = _train_step(ref_model, ref, x, y, None)
             got = _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
-        for w, g in zip(want, got):
+        for w, g in zip(want, got, strict=True):
             worst = max(worst, float((w - g).abs().max() / w.abs().max()))
         reports.append(kfac.distributed_report)
     return {"worst": worst, "reports": reports, "state": _state_of(kfac)}
@@ -146,7 +148,9 @@ def _scenario_two(rank: int, world: int, folder: str) -> dict:
                                    extra={"rank": 2, "oversample": 0, "n_iter": 0})
     out["kfac-workers"] = _compare("kfac", torch.float64, rank, world,
                                    dist_options=Distributed(grad_worker_fraction=0.5))
-    out["bkfac-bf16"] = _compare("bkfac", torch.float32, rank, world, dist_options=Distributed(comm_dtype=torch.bfloat16))
+    out["bkfac-bf16"] = _compare(
+        "bkfac", torch.float32, rank, world, dist_options=Distributed(comm_dtype=torch.bfloat16)
+    )
     out["bkfac-sync"] = _compare("bkfac", torch.float64, rank, world, dist_options=Distributed(async_op=False))
     out["failure"] = _failure(rank, world)
     # a checkpoint for the 3-process run: rank 0 saves one state
@@ -209,7 +213,7 @@ def _scenario_three(rank: int, world: int, folder: str) -> dict:
         x, y = _batch(step, torch.float64)
         want = _train_step(ref_model, ref, x, y, None)
         got = _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
-        worst = max(worst, max(float((w - g).abs().max() / w.abs().max()) for w, g in zip(want, got)))
+        worst = max(worst, max(float((w - g).abs().max() / w.abs().max()) for w, g in zip(want, got, strict=True)))
     out["resume"] = {"worst": worst, "state": _state_of(kfac), "steps": kfac.steps}
     return out
 

@@ -60,7 +60,11 @@ def _layer_ggn(model, name, x, loss_fn, target, *, empirical=False) -> np.ndarra
     if empirical:
         # One sample, L = c l: the empirical Fisher c grad(l) grad(l)^T is grad(L) grad(L)^T / c
         # (c = 1 / C for the mean squared error over C outputs, curvlinops' convention).
-        c = 1.0 / out.numel() if getattr(loss_fn, "reduction", "mean") == "mean" and isinstance(loss_fn, nn.MSELoss) else 1.0
+        c = (
+            1.0 / out.numel()
+            if getattr(loss_fn, "reduction", "mean") == "mean" and isinstance(loss_fn, nn.MSELoss)
+            else 1.0
+        )
         grad = jacrev(lambda Wb: loss_fn(out_of(Wb), target))(Wb0).reshape(-1)
         return (torch.outer(grad, grad) / c).numpy()
     J = jacrev(out_of)(Wb0).reshape(out.numel(), -1)
@@ -161,7 +165,11 @@ def test_monte_carlo_gradient_factor_averages_to_the_type2_one(loss_fn):
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
     x = torch.randn(4, 3, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2, 0]) if isinstance(loss_fn, nn.CrossEntropyLoss) else torch.zeros(4, 3, dtype=torch.float64)
+    y = (
+        torch.tensor([0, 1, 2, 0])
+        if isinstance(loss_fn, nn.CrossEntropyLoss)
+        else torch.zeros(4, 3, dtype=torch.float64)
+    )
     _, G2 = _factors(_capture(model, x, loss_fn, y=y), "2")
     _, Gmc = _factors(_capture(model, x, loss_fn, fisher="mc", mc_samples=4000, y=y), "2")
     _assert_close(Gmc, G2, rtol=0.1)

@@ -34,7 +34,7 @@ def _state_equal(s1, s2):
     if isinstance(s1, dict):
         return s1.keys() == s2.keys() and all(_state_equal(s1[k], s2[k]) for k in s1)
     if isinstance(s1, (list, tuple)):
-        return len(s1) == len(s2) and all(_state_equal(a, b) for a, b in zip(s1, s2))
+        return len(s1) == len(s2) and all(_state_equal(a, b) for a, b in zip(s1, s2, strict=True))
     if isinstance(s1, torch.Tensor):
         return isinstance(s2, torch.Tensor) and s1.dtype == s2.dtype and s1.shape == s2.shape and torch.equal(s1, s2)
     return s1 == s2
@@ -60,7 +60,7 @@ def test_steps_equal_the_preconditioner_fed_with_the_same_statistics(method):
             ref.update(n, *kfac.statistics(n))
         steps = ref.clip([ref.precondition(n, before[n]) for n in names], [before[n] for n in names], 0.1)
         ref.step()
-        for n, step in zip(names, steps):
+        for n, step in zip(names, steps, strict=True):
             mod = model.get_submodule(n)
             got = torch.cat([mod.weight.grad, mod.bias.grad[:, None]], 1)
             assert torch.equal(got, step), f"{method} step {it} layer {n}"
@@ -75,7 +75,7 @@ def test_accumulation_over_micro_batches_equals_one_batch(fisher):
         model = _mlp()
         kfac = KFAC(model, "kfac", fisher=fisher, accumulation_steps=k, keep_statistics=True, T_updt=1, T_inv=1)
         model.zero_grad()
-        for xs, ys in zip(x.chunk(k), y.chunk(k)):
+        for xs, ys in zip(x.chunk(k), y.chunk(k), strict=True):
             (nn.functional.cross_entropy(model(xs), ys) / k).backward()
         kfac.step()
         results.append(({n: kfac.statistics(n) for n in kfac.layers}, _grads(model)))
@@ -118,7 +118,7 @@ def test_mc_pass_leaves_grad_alone_and_the_user_backward_intact():
     x, y = _batch()
     nn.functional.cross_entropy(model(x), y).backward()
     nn.functional.cross_entropy(twin(x), y).backward()
-    for (n, p), q in zip(model.named_parameters(), twin.parameters()):
+    for (n, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
         assert torch.equal(p.grad, q.grad), n
 
 
@@ -168,7 +168,7 @@ def test_resume_through_torch_save_is_bit_exact(method):
     opt2.load_state_dict(ckpt["opt"])
     sched2.load_state_dict(ckpt["sched"])
     _train(model2, opt2, 5, start=5, scheduler=sched2)
-    for (n, p), q in zip(model.named_parameters(), model2.parameters()):
+    for (n, p), q in zip(model.named_parameters(), model2.parameters(), strict=True):
         assert torch.equal(p, q), n
     assert _state_equal(opt.state_dict(), opt2.state_dict())
 
@@ -192,7 +192,10 @@ def test_every_method_checkpoints_through_weights_only_load(method):
 # ----------------------------------------------------------------------------- optimizer
 def test_optimizer_follows_torch_optim_conventions():
     model = _mlp()
-    groups = [{"params": model[0].parameters(), "lr": 0.1}, {"params": list(model[2].parameters()) + list(model[4].parameters())}]
+    groups = [
+        {"params": model[0].parameters(), "lr": 0.1},
+        {"params": list(model[2].parameters()) + list(model[4].parameters())},
+    ]
     opt = KFACOptimizer(groups, "sgd", model=model, lr=0.01, method="kfac", T_updt=1, T_inv=1, kl_clip=1e-3)
     assert isinstance(opt, torch.optim.Optimizer)
     assert opt.param_groups is opt.base.param_groups and [g["lr"] for g in opt.param_groups] == [0.1, 0.01]

@@ -12,7 +12,9 @@ pytest.importorskip("sklearn")
 from _scripts import ROOT, load_script  # noqa: E402
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(cnn=True, optimizer=True, method="rkfac")], ids=["mlp-bkfac", "cnn-optimizer"])
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(cnn=True, optimizer=True, method="rkfac")], ids=["mlp-bkfac", "cnn-optimizer"]
+)
 def test_two_line_example_learns_digits(kw):
     losses, accs, pre = load_script("examples", "torch_embedding").train(epochs=2, **kw)
     assert losses[-1] < losses[0] and accs[-1] > 0.85
@@ -46,7 +48,9 @@ def test_asv_benchmarks_run_one_round():
 def test_gpu_check_skips_cleanly_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: run benchmarks/gpu_check.sh itself")
-    out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and "skipped" in out.stdout
 
 

@@ -118,7 +118,7 @@ class TorchKFACStep:
 
             def restore():
                 # kfac.step() preconditions .grad in place; repeated on one .grad it would blow up
-                for p, g in zip(self.model.parameters(), saved):
+                for p, g in zip(self.model.parameters(), saved, strict=True):
                     p.grad.copy_(g)
 
             def via_module():
