@@ -93,7 +93,7 @@ def xp(_backend):
         return
     import torch
 
-    before = torch.get_default_device()
+    before = torch.empty(0).device  # torch.get_default_device() is torch >= 2.3
     torch.set_default_device(device)
     try:
         yield namespace_
