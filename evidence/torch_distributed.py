@@ -13,7 +13,7 @@ inverse step every step (``T_updt = T_inv = 1``: the communication-heaviest sche
 * **idle ranks/step**: processes that computed no decomposition, averaged over the steps;
 * **max rel. diff.**: of the preconditioned gradients against the one-process run.
 
-``python evidence/distributed.py`` regenerates ``docs/evidence/distributed_table.rst`` (about a
+``python evidence/torch_distributed.py`` regenerates ``docs/evidence/distributed_table.rst`` (about a
 minute on 2 cores); ``--quick`` runs tiny sizes in seconds and writes nothing unless
 ``--output-dir`` is given. On a shared machine timings are noisy: compare ratios.
 """
@@ -165,7 +165,7 @@ def _table(rows: list[dict], args: argparse.Namespace) -> str:
     rule = "  ".join("=" * w for w in widths)
     title = (f"MLP {args.d_in}-{args.width}-{args.width}-10, float32, global batch {args.batch}, rank {args.rank}, "
              f"T_updt = T_inv = 1; 2 gloo processes x 1 thread vs 1 process x 2 threads, {args.steps} timed steps "
-             "(python evidence/distributed.py).")
+             "(python evidence/torch_distributed.py).")
     lines = [title, "", rule, "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)), rule]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
     lines.append(rule)

@@ -161,11 +161,9 @@ def _measure_method(name, build, model, x, y, method, repeat, device, rank, t_sg
     grads = _grads(model, kfac.layers)
     kfac.remove()
 
-    layer_methods = {}
-    if method in ("bkfac", "brkfac", "bkfacc"):
-        # B-updates of wide batches (N >> d: convolutions' patch rows) fall back to r-kfac, the
-        # paper's mixture (Sec. 3.5), until the wide-batch B-update lands.
-        layer_methods = {n: "auto" for n, (a, g) in batches[0].items() if a.shape[0] > 4 * min(a.shape[1], g.shape[1])}
+    # Every layer keeps the method, convolutions included: a batch with more rows than the
+    # factor's width takes the B-update's wide-increment route (one d x d eigendecomposition).
+    layer_methods: dict[str, str] = {}
 
     # Factor update and decomposition: fresh statistics fed to two preconditioners whose inverse
     # work is due on even steps: one at k = 1 (the factor update alone), one at k = 2 (with the

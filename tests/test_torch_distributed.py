@@ -398,5 +398,5 @@ def test_torch_distributed_example_runs():
 
 
 def test_distributed_evidence_quick():
-    out = _run_script("evidence/distributed.py", "--quick", "--methods", "kfac", "bkfac")
+    out = _run_script("evidence/torch_distributed.py", "--quick", "--methods", "kfac", "bkfac")
     assert "bytes/step" in out and "idle ranks/step" in out and "bkfac" in out
