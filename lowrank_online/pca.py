@@ -827,7 +827,7 @@ class StreamingPCA(*_BASES):
 
     def transform(self, X: Any) -> Any:
         """Project ``X`` (n_samples x n_features) on the components: ``(X - mean_) @ components_.T``,
-        divided by ``sqrt(explained_variance_)`` with ``whiten``; shape (n_samples, n_components_)."""
+        divided by ``sqrt(explained_variance_)`` with ``whiten``; shape ``(n_samples, n_components_)``."""
         xp, X, state = self._prepared(X, "transform")
         V, mean = state.components, state.mean
         dt = _array.result_dtype(xp, X, V)
@@ -844,7 +844,7 @@ class StreamingPCA(*_BASES):
         return xp.where(scale < tiny, xp.asarray(tiny, dtype=dt, device=_array.device(scale)), scale)
 
     def inverse_transform(self, X: Any) -> Any:
-        """Map projections ``X`` (n_samples x n_components_) back to feature space:
+        """Map projections ``X`` (``n_samples x n_components_``) back to feature space:
         ``X @ components_ + mean_`` (undoing the whitening with ``whiten``)."""
         state = self._fitted()
         xp, X = self._validate(X, reset=False, check_features=False)
