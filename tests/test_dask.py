@@ -28,7 +28,9 @@ from _helpers import assert_matrix_close, assert_orthonormal, increment_block, r
 
 # The probes benchmarks/bench_dask.py reports the stream footprint with (benchmarks/_measure.py, not
 # installed; the repository root is on pytest's pythonpath): this test bounds the same figures.
-from benchmarks._measure import scheduler_tasks, worker_memory  # noqa: E402
+from _helpers import measure  # noqa: E402
+
+scheduler_tasks, worker_memory = measure.scheduler_tasks, measure.worker_memory
 from lowrank_online import (  # noqa: E402
     DecompositionError,
     LowRankEMA,

@@ -662,7 +662,9 @@ def _dask_rows(X, chunk=FEATURE_CHUNK, sample_chunk=-1):
 @pytest.mark.parametrize(("dtype_name", "decay"), [("float64", None), ("float32", 0.9)])
 def test_dask_fit_and_stream_equal_numpy_and_the_factor_stays_on_the_workers(client, decay, dtype_name):
     da = pytest.importorskip("dask.array")
-    from benchmarks._measure import scheduler_tasks  # the probe of benchmarks/bench_dask.py's footprint table
+    from _helpers import measure  # the probe of benchmarks/bench_dask.py's footprint table
+
+    scheduler_tasks = measure.scheduler_tasks
 
     rng = np.random.default_rng(30)
     d = 500
