@@ -24,11 +24,17 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
 import array_api_compat.dask.array as dxp  # noqa: E402
-from _helpers import assert_matrix_close, assert_orthonormal, increment_block, random_basis, to_np  # noqa: E402
 
 # The probes benchmarks/bench_dask.py reports the stream footprint with (benchmarks/_measure.py, not
 # installed; the repository root is on pytest's pythonpath): this test bounds the same figures.
-from _helpers import measure  # noqa: E402
+from _helpers import (  # noqa: E402
+    assert_matrix_close,
+    assert_orthonormal,
+    increment_block,
+    measure,  # noqa: E402
+    random_basis,
+    to_np,
+)
 
 scheduler_tasks, worker_memory = measure.scheduler_tasks, measure.worker_memory
 from lowrank_online import (  # noqa: E402

@@ -18,8 +18,8 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-
 from _helpers import measure as _measure
+
 from lowrank_online import damped_solve, eigh_update, reigh, rsvd, svd_update
 from lowrank_online.brand import DENSE_FRACTION
 from lowrank_online.randomized import _krylov_steps, default_block_size  # the depth block Krylov takes
