@@ -24,19 +24,15 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
 import array_api_compat.dask.array as dxp  # noqa: E402
-
-# The probes benchmarks/bench_dask.py reports the stream footprint with (benchmarks/_measure.py, not
-# installed; the repository root is on pytest's pythonpath): this test bounds the same figures.
 from _helpers import (  # noqa: E402
     assert_matrix_close,
     assert_orthonormal,
     increment_block,
-    measure,  # noqa: E402
+    measure,
     random_basis,
     to_np,
 )
 
-scheduler_tasks, worker_memory = measure.scheduler_tasks, measure.worker_memory
 from lowrank_online import (  # noqa: E402
     DecompositionError,
     LowRankEMA,
@@ -51,6 +47,10 @@ from lowrank_online import (  # noqa: E402
 )
 
 CHUNK = 96  # rows per block: several blocks, and a ragged last one
+
+# The probes benchmarks/bench_dask.py reports the stream footprint with (benchmarks/_measure.py,
+# not installed): this test bounds the same figures.
+scheduler_tasks, worker_memory = measure.scheduler_tasks, measure.worker_memory
 
 
 # The ``client`` fixture (a LocalCluster of 2 worker processes, 1 thread each) lives in
