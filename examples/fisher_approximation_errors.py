@@ -35,30 +35,7 @@ from lowrank_online import (
     kpsvd,
     tkfac_factors,
 )
-
-
-def layer_statistics(sizes, n, layer, seed):
-    """Per-sample (a, g) of one dense layer: forward pass, sampled targets, backward pass."""
-    rng = np.random.default_rng(seed)
-    weights = [
-        rng.standard_normal((d_out, d_in + 1)) / np.sqrt(d_in + 1)
-        for d_in, d_out in zip(sizes[:-1], sizes[1:], strict=True)
-    ]
-    h = rng.standard_normal((n, sizes[0]))
-    inputs = []
-    for k, W in enumerate(weights):
-        inputs.append(np.concatenate([h, np.ones((n, 1))], axis=1))  # bias column
-        s = inputs[-1] @ W.T
-        h = np.tanh(s) if k < len(weights) - 1 else s
-    p = np.exp(h - h.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    y = np.minimum((p.cumsum(axis=1) < rng.random(n)[:, None]).sum(axis=1), p.shape[1] - 1)
-    g = p.copy()
-    g[np.arange(n), y] -= 1.0  # gradient of -log softmax(s)_y with respect to the logits
-    for k in range(len(weights) - 1, layer, -1):
-        t = inputs[k][:, :-1]  # tanh outputs feeding layer k
-        g = (g @ weights[k][:, :-1]) * (1.0 - t * t)
-    return inputs[layer], g
+from lowrank_online.nn import mlp_layer_statistics
 
 
 def main(argv=None):
@@ -73,7 +50,7 @@ def main(argv=None):
     if not 0 <= args.layer < len(sizes) - 1:
         parser.error(f"--layer must be in [0, {len(sizes) - 2}]")
 
-    a, g = layer_statistics(sizes, args.batch, args.layer, args.seed)
+    a, g = mlp_layer_statistics(sizes, args.batch, args.layer, args.seed)
     F = FisherBlockOperator(a, g).to_dense()
     spec = np.linalg.eigvalsh(F)
     methods = {

@@ -53,7 +53,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # StreamingPCA subclasses scikit-learn's BaseEstimator when scikit-learn is installed;
-    # importing sklearn.base costs about 0.8 s, so the module loads on first access only.
+    # importing sklearn.base is slow (most of the package's import time), so the module loads on first access only.
     if name == "StreamingPCA":
         from .pca import StreamingPCA
 

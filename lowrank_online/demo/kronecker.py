@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import numpy as np
 
 from ..kronecker import (
@@ -18,29 +16,8 @@ from ..kronecker import (
     power_svd,
     tkfac_factors,
 )
+from ..nn.data import mlp_layer_statistics
 from ._report import Section, best_time, faster_or_slower
-
-
-def mlp_layer_statistics(sizes: tuple[int, ...], n: int, layer: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample ``(a, g)`` of one layer of a random tanh/softmax MLP, targets sampled from the
-    model (Monte-Carlo Fisher): inputs with a bias column, pre-activation gradients."""
-    rng = np.random.default_rng(seed)
-    Ws = [rng.standard_normal((o, i + 1)) / np.sqrt(i + 1) for i, o in pairwise(sizes)]
-    h = rng.standard_normal((n, sizes[0]))
-    inputs = []
-    for k, W in enumerate(Ws):
-        inputs.append(np.concatenate([h, np.ones((n, 1))], axis=1))
-        s = inputs[-1] @ W.T
-        h = np.tanh(s) if k < len(Ws) - 1 else s
-    p = np.exp(h - h.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    y = np.minimum((p.cumsum(axis=1) < rng.random(n)[:, None]).sum(axis=1), p.shape[1] - 1)
-    g = p.copy()
-    g[np.arange(n), y] -= 1.0
-    for k in range(len(Ws) - 1, layer, -1):
-        t = inputs[k][:, :-1]
-        g = (g @ Ws[k][:, :-1]) * (1.0 - t * t)
-    return inputs[layer], g
 
 
 def fisher_errors(a: np.ndarray, g: np.ndarray, tol: float = 1e-8) -> dict[str, float]:

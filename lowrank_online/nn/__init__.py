@@ -7,14 +7,14 @@ a training loop that uses :class:`~lowrank_online.curvature.KFACPreconditioner`.
 trains on NumPy and, on a GPU, on CuPy.
 """
 
-from .data import Dataset, load_dataset
+from .data import Dataset, load_dataset, mlp_layer_statistics
 from .losses import BinaryCrossEntropy, SoftmaxCrossEntropy, SquaredError, get_loss
 from .mlp import MLP, LayerStatistics
-from .optim import SGD, Adam, get_optimizer
+from .optim import SGD, Adam
 from .train import History, evaluate, load_training_state, save_training_state, train
 
 __all__ = [
     "MLP", "SGD", "Adam", "BinaryCrossEntropy", "Dataset", "History", "LayerStatistics",
-    "SoftmaxCrossEntropy", "SquaredError", "evaluate", "get_loss", "get_optimizer",
-    "load_dataset", "load_training_state", "save_training_state", "train",
+    "SoftmaxCrossEntropy", "SquaredError", "evaluate", "get_loss",
+    "load_dataset", "load_training_state", "mlp_layer_statistics", "save_training_state", "train",
 ]

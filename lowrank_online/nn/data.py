@@ -1,6 +1,8 @@
 """Datasets that install with their data (nothing is downloaded at run time).
 
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes).
+* :func:`mlp_layer_statistics`: the per-sample statistics ``(a, g)`` of one layer of a random
+  MLP, for studies of the Fisher approximations on a single block.
 * ``teacher-student``: a synthetic classification problem with a **wide** first layer: inputs
   with a decaying covariance spectrum, labels from a random linear teacher on a latent signal.
   With input width ``d_in`` far above ``rank + batch``, the regime where B-updates pay off
@@ -15,7 +17,7 @@ import numpy as np
 
 from .. import _array
 
-__all__ = ["Dataset", "load_dataset"]
+__all__ = ["Dataset", "load_dataset", "mlp_layer_statistics"]
 
 
 class Dataset(NamedTuple):
@@ -102,3 +104,38 @@ def batches(n: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
     _array.check_int(batch_size, "batch_size", minimum=1)
     order = np.random.default_rng([seed, epoch]).permutation(n)
     return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def mlp_layer_statistics(sizes: tuple[int, ...], n: int, layer: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample ``(a, g)`` of one dense layer of a random tanh/softmax MLP (NumPy, float64).
+
+    Inputs ``n x sizes[0]`` and weights are Gaussian; targets are sampled from the model's own
+    softmax (the Monte-Carlo Fisher), so ``(1/n) sum_t (g_t a_t^T)^{(x)2}`` estimates the Fisher
+    block of ``layer``. ``a`` carries the bias column; ``g`` is the gradient of the loss with
+    respect to the layer's pre-activations.
+
+    Examples
+    --------
+    >>> from lowrank_online.nn import mlp_layer_statistics
+    >>> a, g = mlp_layer_statistics((6, 5, 3), 16, layer=1)
+    >>> a.shape, g.shape
+    ((16, 6), (16, 3))
+    """
+    rng = np.random.default_rng(seed)
+    weights = [rng.standard_normal((o, i + 1)) / np.sqrt(i + 1) for i, o in zip(sizes[:-1], sizes[1:], strict=True)]
+    h = rng.standard_normal((n, sizes[0]))
+    inputs = []
+    for k, W in enumerate(weights):
+        inputs.append(np.concatenate([h, np.ones((n, 1))], axis=1))  # the bias column
+        s = inputs[-1] @ W.T
+        h = np.tanh(s) if k < len(weights) - 1 else s
+    p = np.exp(h - h.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    y = np.minimum((p.cumsum(axis=1) < rng.random(n)[:, None]).sum(axis=1), p.shape[1] - 1)
+    g = p.copy()
+    g[np.arange(n), y] -= 1.0  # the gradient of -log softmax(s)_y with respect to the logits
+    for k in range(len(weights) - 1, layer, -1):
+        t = inputs[k][:, :-1]  # the tanh outputs that feed layer k
+        g = (g @ weights[k][:, :-1]) * (1.0 - t * t)
+    return inputs[layer], g
+

@@ -13,7 +13,7 @@ from typing import Any
 from .. import _array
 from .mlp import MLP
 
-__all__ = ["SGD", "Adam", "get_optimizer"]
+__all__ = ["SGD", "Adam"]
 
 
 def _decay_term(model: MLP, i: int, weight_decay: float) -> Any:
@@ -112,11 +112,3 @@ class Adam:
             n = len(model.params)
             self.m = [model.xp.asarray(state[f"m{i}"], device=model.device) for i in range(n)]
             self.v = [model.xp.asarray(state[f"v{i}"], device=model.device) for i in range(n)]
-
-
-def get_optimizer(name: str, **kwargs: Any) -> SGD | Adam:
-    if name == "sgd":
-        return SGD(**kwargs)
-    if name == "adam":
-        return Adam(**kwargs)
-    raise ValueError(f"`optimizer` must be 'sgd' or 'adam', got {name!r}")
