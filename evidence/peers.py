@@ -63,7 +63,7 @@ from scipy.sparse.linalg import LinearOperator, svds  # noqa: E402
 import lowrank_online  # noqa: E402
 from lowrank_online import (  # noqa: E402
     LowRankEMA,
-    _array,
+    _validate,
     eigh_update,
     kpsvd,
     kron_rearrange,
@@ -704,8 +704,8 @@ def diagnose(s: Setup, rows: list[dict], log=print) -> list[tuple[str, float, fl
     fns = {
         f"reigh, n_iter={r['setting']} (whole call)": lambda: reigh(X, k, oversample=p, n_iter=r["setting"], seed=0),
         "reigh's symmetry test on the sketch G^T (X G) (as the library runs it)": lambda: (
-            _array.check_symmetric_sketch(om.T @ Y0, "X", np, float(np.finfo(X.dtype).eps))),
-        "the entrywise symmetry test (blocked; reigh's before the sketch test)": lambda: _array.check_symmetric(
+            _validate.check_symmetric_sketch(om.T @ Y0, "X", np, float(np.finfo(X.dtype).eps))),
+        "the entrywise symmetry test (blocked; reigh's before the sketch test)": lambda: _validate.check_symmetric(
             X, "X", np),
         "the same check unblocked: max|X| and max|X - X^T|": lambda: (np.max(np.abs(X)), np.max(np.abs(X - X.T))),
         "finiteness check: all(isfinite(X))": lambda: bool(np.all(np.isfinite(X))),

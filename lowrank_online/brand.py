@@ -12,7 +12,7 @@ from typing import Any
 
 import array_api_extra as xpx
 
-from . import _array, _backend, _linalg
+from . import _array, _backend, _linalg, _validate
 from ._results import EighResult, SVDResult
 
 __all__ = ["eigh_update", "svd_update"]
@@ -22,7 +22,7 @@ __all__ = ["eigh_update", "svd_update"]
 # validation shared by the public entry points
 # --------------------------------------------------------------------------------------------
 def _as_block(A: Any, name: str, xp: Any, check_finite: bool) -> Any:
-    _array.check_array(A, name, xp, ndim=(1, 2), finite=check_finite)
+    _validate.check_array(A, name, xp, ndim=(1, 2), finite=check_finite)
     return A[:, None] if A.ndim == 1 else A
 
 
@@ -37,7 +37,7 @@ def _nonnegative(values: Any, name: str, xp: Any) -> Any:
 
 
 def _check_rank(rank: Any) -> int | None:
-    return _array.check_int(rank, "rank", minimum=1, allow_none=True)
+    return _validate.check_int(rank, "rank", minimum=1, allow_none=True)
 
 
 def _check_basis(Q: Any, vals: Any, qname: str, vname: str, rows: str) -> None:
@@ -172,11 +172,11 @@ def eigh_update(
     >>> res.eigenvectors.shape
     (4, 3)
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     xp = _array.namespace(("eigenvalues", eigenvalues), ("eigenvectors", eigenvectors), ("A", A))
     _array.same_device(("eigenvalues", eigenvalues), ("eigenvectors", eigenvectors), ("A", A))
-    _array.check_array(eigenvalues, "eigenvalues", xp, ndim=1, finite=check_finite)
-    _array.check_array(eigenvectors, "eigenvectors", xp, ndim=2, finite=check_finite)
+    _validate.check_array(eigenvalues, "eigenvalues", xp, ndim=1, finite=check_finite)
+    _validate.check_array(eigenvectors, "eigenvectors", xp, ndim=2, finite=check_finite)
     A = _as_block(A, "A", xp, False)
     eigenvectors, A = _array.align_tall(("eigenvectors", eigenvectors), ("A", A), xp=xp)
     _check_basis(eigenvectors, eigenvalues, "eigenvectors", "eigenvalues", "d")
@@ -189,9 +189,9 @@ def eigh_update(
     # and infinity propagate) finds a non-finite A: a separate pass over the largest array of
     # the call would cost another 5-10% of it when n >> d.
     if check_finite and not _dense_regime(*eigenvectors.shape, A.shape[1], xp):
-        _array.check_finite(A, "A", xp)
-    decay = _array.check_real(decay, "decay", low=0.0, high=1.0, low_open=True)
-    weight = _array.check_real(weight, "weight", low=0.0)
+        _validate.check_finite(A, "A", xp)
+    decay = _validate.check_real(decay, "decay", low=0.0, high=1.0, low_open=True)
+    weight = _validate.check_real(weight, "weight", low=0.0)
     rank = _check_rank(rank)
     dt = _array.result_dtype(xp, eigenvalues, eigenvectors, A)
     L = _nonnegative(_array.astype(eigenvalues, dt, xp), "eigenvalues", xp)
@@ -308,7 +308,7 @@ def _dense_eigh_update(
         G, e = _linalg.scaled_gram(A, be)
     except FloatingPointError:
         if check_finite:
-            _array.check_finite(A, "A", xp)  # a ValueError that names the argument
+            _validate.check_finite(A, "A", xp)  # a ValueError that names the argument
         raise
     try:
         w = math.ldexp(weight, 2 * e)
@@ -446,13 +446,13 @@ def svd_update(
     >>> svd_update(U, S, Vh, a, b).S
     Array([2., 1.], dtype=array_api_strict.float64)
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     names = (("U", U), ("S", S), ("Vh", Vh), ("A", A), ("B", B))
     xp = _array.namespace(*names)
     _array.same_device(*names)
-    _array.check_array(U, "U", xp, ndim=2, finite=check_finite)
-    _array.check_array(S, "S", xp, ndim=1, finite=check_finite)
-    _array.check_array(Vh, "Vh", xp, ndim=2, finite=check_finite)
+    _validate.check_array(U, "U", xp, ndim=2, finite=check_finite)
+    _validate.check_array(S, "S", xp, ndim=1, finite=check_finite)
+    _validate.check_array(Vh, "Vh", xp, ndim=2, finite=check_finite)
     if A.ndim != B.ndim:
         raise ValueError(f"`A` and `B` must both be 1-D or both be 2-D, got {A.ndim}-D and {B.ndim}-D")
     A = _as_block(A, "A", xp, check_finite)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import array_api_extra as xpx
 
-from . import _array, _backend, _linalg
+from . import _array, _backend, _linalg, _validate
 from ._results import EighResult
 from .brand import _dense_regime, _eigh_update
 from .operators import as_operand
@@ -219,12 +219,12 @@ class LowRankEMA:
         reorthonormalize_every: int | None = 100,
         max_failures: int = 10,
     ) -> None:
-        self.rank = _array.check_int(rank, "rank", minimum=1)
-        self.decay = _array.check_real(decay, "decay", low=0.0, high=1.0, low_open=True)
-        self.reorthonormalize_every = _array.check_int(
+        self.rank = _validate.check_int(rank, "rank", minimum=1)
+        self.decay = _validate.check_real(decay, "decay", low=0.0, high=1.0, low_open=True)
+        self.reorthonormalize_every = _validate.check_int(
             reorthonormalize_every, "reorthonormalize_every", minimum=1, allow_none=True
         )
-        self.max_failures = _array.check_int(max_failures, "max_failures", minimum=1)
+        self.max_failures = _validate.check_int(max_failures, "max_failures", minimum=1)
         self.skipped_updates = 0
         self._failures = 0  # consecutive
         self._state = EMAState(None, None, 0)
@@ -257,7 +257,7 @@ class LowRankEMA:
         Q = self.eigenvectors
         if Q is None:
             xp = _array.namespace((name, A))
-            _array.check_array(A, name, xp, ndim=(1, 2), finite=finite)
+            _validate.check_array(A, name, xp, ndim=(1, 2), finite=finite)
             if A.shape[0] == 0:
                 # The first update fixes the dimension: d = 0 would lock the tracker for good.
                 raise ValueError(f"`{name}` must have at least one row (the dimension d), got shape {tuple(A.shape)}")
@@ -265,7 +265,7 @@ class LowRankEMA:
         else:
             xp = _array.namespace(("eigenvectors", Q), (name, A))
             _array.same_device(("eigenvectors", Q), (name, A))
-            _array.check_array(A, name, xp, ndim=(1, 2), finite=finite)
+            _validate.check_array(A, name, xp, ndim=(1, 2), finite=finite)
             _, A = _array.align_tall(("eigenvectors", Q), (name, A), xp=xp)
             if A.dtype != Q.dtype:
                 raise TypeError(f"`{name}` has dtype {A.dtype} but the tracker holds {Q.dtype}; cast it first")
@@ -371,14 +371,14 @@ class LowRankEMA:
     # ---------------------------------------------------------------- operations
     def update(self, A: Any) -> None:
         """B-update with a batch ``A`` of shape (d, n) (or (d,)): Alg. 4 of paper 001."""
-        _array.check_detached(A, "A")
+        _validate.check_detached(A, "A")
         xp, A = self._check_operand_array(A, "A", finite=False)
         A = A[:, None] if A.ndim == 1 else A
         held = 0 if self.eigenvectors is None else min(self.rank, self.eigenvectors.shape[1])
         # A wide batch is checked by the update itself, from its Gram matrix (see eigh_update):
         # its ValueError naming `A` is a refusal, not a failure.
         if not _dense_regime(A.shape[0], held, A.shape[1], xp):
-            _array.check_finite(A, "A", xp)
+            _validate.check_finite(A, "A", xp)
         previous = self.n_updates
         rank, decay, every = self.rank, self.decay, self.reorthonormalize_every
 
@@ -395,8 +395,8 @@ class LowRankEMA:
         leaves it empty.
         """
         op, xp = self._check_square_operand(X)
-        oversample = _array.check_int(oversample, "oversample", minimum=0)
-        n_iter = _array.check_int(n_iter, "n_iter", minimum=0)
+        oversample = _validate.check_int(oversample, "oversample", minimum=0)
+        n_iter = _validate.check_int(n_iter, "n_iter", minimum=0)
         rng = _array.as_generator(seed)
         # The generator's position is part of the computation: a float64 retry starts from it.
         start = rng.bit_generator.state
@@ -426,10 +426,10 @@ class LowRankEMA:
         pool = min(self.rank, Q.shape[1])
         if pool == 0:
             raise ValueError("correct() needs a representation with at least one eigenpair; the tracker holds none")
-        n_modes = _array.check_int(n_modes, "n_modes", minimum=1, maximum=pool)
+        n_modes = _validate.check_int(n_modes, "n_modes", minimum=1, maximum=pool)
         idx = _array.choice(_array.as_generator(seed), pool, n_modes)
         if op.is_array:
-            _array.check_symmetric(op.array, "X", xp)
+            _validate.check_symmetric(op.array, "X", xp)
 
         def compute(state: EMAState, X: Any = None) -> EMAState:
             operand = op if X is None else as_operand(X, "X", check_finite=False)
@@ -441,8 +441,8 @@ class LowRankEMA:
         """``(Q diag(L) Q^T + damping I)^{-1} X``; see :func:`~lowrank_online.damped_solve`."""
         self._require_state("solve()")
         xp, X = self._check_operand_array(X, "X")
-        damping = _array.check_real(damping, "damping", low=0.0, low_open=True)
-        continuation = _array.check_bool(continuation, "continuation")
+        damping = _validate.check_real(damping, "damping", low=0.0, low_open=True)
+        continuation = _validate.check_bool(continuation, "continuation")
         return _damped_solve(self.eigenvalues, self.eigenvectors, X, damping, continuation, xp)
 
     # ---------------------------------------------------------------- checkpoints
@@ -558,8 +558,8 @@ def _restore(cls: type, state: Any, xp: Any, device: Any, chunks: Any) -> LowRan
     try:
         ns = _array.namespace(("state['eigenvalues']", L), ("state['eigenvectors']", Q))
         _array.same_device(("state['eigenvalues']", L), ("state['eigenvectors']", Q))
-        _array.check_array(L, "state['eigenvalues']", ns, ndim=1)
-        _array.check_array(Q, "state['eigenvectors']", ns, ndim=2)
+        _validate.check_array(L, "state['eigenvalues']", ns, ndim=1)
+        _validate.check_array(Q, "state['eigenvectors']", ns, ndim=2)
     except TypeError as err:  # a checkpoint's content is a value, not an argument type
         raise ValueError(str(err)) from err
     if L.dtype != Q.dtype:

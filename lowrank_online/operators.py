@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import array_api_compat
 
-from . import _array
+from . import _array, _validate
 
 __all__ = ["LinearOperator"]
 
@@ -77,13 +77,13 @@ class _Operand:
     """Arrays and operators behind one interface, with the namespace and device resolved."""
 
     def __init__(self, X: Any, name: str, xp: Any, check_finite: bool) -> None:
-        check_finite = _array.check_bool(check_finite, "check_finite")
+        check_finite = _validate.check_bool(check_finite, "check_finite")
         self.name = name
         self.check_finite = check_finite
         # An operator may expose __array_namespace__ like an array does: `matmat` tells them apart.
         if _array.is_array(X) and not callable(getattr(X, "matmat", None)):
             self.xp = _array.namespace((name, X), xp=xp)
-            _array.check_array(X, name, self.xp, ndim=2, finite=check_finite)
+            _validate.check_array(X, name, self.xp, ndim=2, finite=check_finite)
             (X,) = _array.align_tall((name, X), xp=self.xp)  # Dask: chunked by rows only
             self.array = X
             self.device = _array.device(X)
@@ -120,7 +120,7 @@ class _Operand:
             raise ValueError(f"operator `{name}` must have a 2-D `shape`, got {X.shape!r}")
         self.shape = shape
         self.dtype = X.dtype
-        _array.check_float(X, name, self.xp)
+        _validate.check_float(X, name, self.xp)
 
     @property
     def is_array(self) -> bool:
@@ -131,7 +131,7 @@ class _Operand:
             got = tuple(Y.shape) if hasattr(Y, "shape") else type(Y).__name__
             raise ValueError(f"operator `{self.name}`.{what} returned {got}, expected an array of shape {(rows, cols)}")
         if self.check_finite:
-            _array.check_finite(Y, f"{self.name}.{what}(...)", self.xp)
+            _validate.check_finite(Y, f"{self.name}.{what}(...)", self.xp)
         return Y
 
     def matmat(self, V: Any) -> Any:
@@ -165,5 +165,5 @@ class _Operand:
 
 def as_operand(X: Any, name: str, *, xp: Any = None, check_finite: bool = True) -> _Operand:
     """Internal: wrap an array or operator argument after validating it."""
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     return _Operand(X, name, xp, check_finite)

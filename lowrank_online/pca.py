@@ -29,7 +29,7 @@ import array_api_compat
 import array_api_extra as xpx
 import numpy as np
 
-from . import _array, _backend, _linalg
+from . import _array, _backend, _linalg, _validate
 
 __all__ = ["StreamingPCA"]
 
@@ -681,11 +681,11 @@ class StreamingPCA(*_BASES):
 
     # ---------------------------------------------------------------- validation
     def _check_params(self) -> tuple[int | None, float | None, int | None]:
-        n_components = _array.check_int(self.n_components, "n_components", minimum=1, allow_none=True)
+        n_components = _validate.check_int(self.n_components, "n_components", minimum=1, allow_none=True)
         decay = None
         if self.decay is not None:
-            decay = _array.check_real(self.decay, "decay", low=0.0, high=1.0, low_open=True, high_open=True)
-        batch_size = _array.check_int(self.batch_size, "batch_size", minimum=1, allow_none=True)
+            decay = _validate.check_real(self.decay, "decay", low=0.0, high=1.0, low_open=True, high_open=True)
+        batch_size = _validate.check_int(self.batch_size, "batch_size", minimum=1, allow_none=True)
         for name in ("whiten", "copy", "verbose"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
@@ -1006,11 +1006,11 @@ class StreamingPCA(*_BASES):
             arrays[key] = value
         ns = _array.namespace(*((f"state['state'][{k!r}]", v) for k, v in arrays.items()))
         V = arrays["components"]
-        _array.check_array(V, "state['state']['components']", ns, ndim=2)
+        _validate.check_array(V, "state['state']['components']", ns, ndim=2)
         k, d = V.shape[1], V.shape[0]
         for key, size in (("singular_values", k), ("explained_variance", k), ("explained_variance_ratio", k),
                           ("mean", d), ("var", d)):
-            _array.check_array(arrays[key], f"state['state'][{key!r}]", ns, ndim=1)
+            _validate.check_array(arrays[key], f"state['state'][{key!r}]", ns, ndim=1)
             if arrays[key].shape[0] != size:
                 raise ValueError(f"`state['state'][{key!r}]` has {arrays[key].shape[0]} entries, expected {size}")
         seen = fitted["n_samples_seen"]

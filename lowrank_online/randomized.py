@@ -10,7 +10,7 @@ import math
 import warnings
 from typing import Any, NamedTuple
 
-from . import _array, _backend, _krylov, _linalg
+from . import _array, _backend, _krylov, _linalg, _validate
 from ._results import EighResult, ErrorEstimate, REighResult, RSVDResult, SVDResult
 from .operators import as_operand
 
@@ -40,11 +40,11 @@ PROBES = 10
 
 
 def _check_common(rank: Any, oversample: Any, n_iter: Any, limit: int) -> tuple[int, int, int | None]:
-    rank = _array.check_int(rank, "rank", minimum=1, maximum=max(limit, 1))
+    rank = _validate.check_int(rank, "rank", minimum=1, maximum=max(limit, 1))
     if limit == 0:
         raise ValueError("the matrix has a zero dimension; there is nothing to decompose")
-    oversample = _array.check_int(oversample, "oversample", minimum=0)
-    n_iter = _array.check_int(n_iter, "n_iter", minimum=0, allow_none=True)
+    oversample = _validate.check_int(oversample, "oversample", minimum=0)
+    n_iter = _validate.check_int(n_iter, "n_iter", minimum=0, allow_none=True)
     return rank, oversample, n_iter
 
 
@@ -60,9 +60,9 @@ def _check_options(method: Any, n_iter: int | None, block_size: Any, tol: Any, e
                    limit: int) -> _Options:
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"`method` must be one of {', '.join(repr(m) for m in METHODS)}, got {method!r}")
-    block_size = _array.check_int(block_size, "block_size", minimum=1, maximum=max(limit, 1), allow_none=True)
+    block_size = _validate.check_int(block_size, "block_size", minimum=1, maximum=max(limit, 1), allow_none=True)
     if tol is not None:
-        tol = _array.check_real(tol, "tol", low=0.0, high=1.0, low_open=True, high_open=True)
+        tol = _validate.check_real(tol, "tol", low=0.0, high=1.0, low_open=True, high_open=True)
         if method != "block_krylov":
             raise ValueError(
                 "`tol` needs method='block_krylov' (subspace iteration keeps no iterates to test; "
@@ -246,7 +246,7 @@ def rsvd(
     >>> [round(float(s), 6) for s in res.S]  # numpy.linalg.svd: 73.589293, 29.428757, 26.798973
     [73.589293, 29.428757, 26.798973]
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     op = as_operand(X, "X", xp=xp, check_finite=check_finite)
     m, n = op.shape
     rank, oversample, n_iter = _check_common(rank, oversample, n_iter, min(m, n))
@@ -509,7 +509,7 @@ def reigh(
     >>> [round(float(v), 6) for v in res.eigenvalues]  # numpy.linalg.eigvalsh: 534.093998, 120.0
     [534.093998, 120.0]
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     op = as_operand(X, "X", xp=xp, check_finite=check_finite)
     xq = op.xp
     d, d2 = op.shape
@@ -529,7 +529,7 @@ def reigh(
         dense = steps is None
     if op.is_array and (dense or (b < 2 if krylov else n_iter == 0 or k < 2)):
         # No Gaussian sketch of X to test (see Notes): the entrywise test, one read of X.
-        _array.check_symmetric(op.array, "X", xq)
+        _validate.check_symmetric(op.array, "X", xq)
     if dense:
         Xl, lxp = be.local(op.dense())
         w, V = _linalg.small_eigh(Xl, lxp)
@@ -548,7 +548,7 @@ def reigh(
         return REighResult(*res, error=ErrorEstimate(residuals, frob, PROBES, products, n_iter, None))
     kr, sketch = _krylov.nystrom(op, rank, b, steps, opts.tol, opts.estimate, rng, be)
     if sketch is not None:
-        _array.check_symmetric_sketch(sketch, "X", be.cxp, be.eps)
+        _validate.check_symmetric_sketch(sketch, "X", be.cxp, be.eps)
     res = _finish_nystrom(kr.values, kr.U, rank, rng, be)
     if not opts.estimate:
         return REighResult(*res)
@@ -591,7 +591,7 @@ def _nystrom(op: Any, rank: int, k: int, n_iter: int, rng: Any, be: _backend.Bac
         core = be.to_core(omega.T @ Y)
     else:
         core, sketch = be.to_core(omega.T @ Y, sketch)
-        _array.check_symmetric_sketch(sketch, "X", cxp, be.eps)
+        _validate.check_symmetric_sketch(sketch, "X", cxp, be.eps)
     beta, V = _linalg.small_eigh(core, cxp)
     keep = be.count(beta > 0.0)
     F = be.matmul(Y, be.from_core(V[:, :keep] / cxp.sqrt(beta[:keep])[None, :]))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from . import _array, _backend, _linalg
+from . import _array, _backend, _linalg, _validate
 from ._results import EighResult
 
 __all__ = ["NystromSketch"]
@@ -148,12 +148,12 @@ class NystromSketch:
 
     def __init__(self, d: int, rank: int, *, sketch_size: int | None = None, decay: float | None = None,
                  seed: Any = None) -> None:
-        self.d = _array.check_int(d, "d", minimum=1)
-        self.rank = _array.check_int(rank, "rank", minimum=1, maximum=self.d)
+        self.d = _validate.check_int(d, "d", minimum=1)
+        self.rank = _validate.check_int(rank, "rank", minimum=1, maximum=self.d)
         if sketch_size is None:
             sketch_size = min(self.d, 2 * self.rank + 1)
-        self.sketch_size = _array.check_int(sketch_size, "sketch_size", minimum=self.rank, maximum=self.d)
-        self.decay = None if decay is None else _array.check_real(decay, "decay", low=0.0, high=1.0, low_open=True)
+        self.sketch_size = _validate.check_int(sketch_size, "sketch_size", minimum=self.rank, maximum=self.d)
+        self.decay = None if decay is None else _validate.check_real(decay, "decay", low=0.0, high=1.0, low_open=True)
         self._rng = _array.as_generator(seed)  # validated now, used at the first update
         self._state = SketchState(None, None, 0)
 
@@ -171,11 +171,11 @@ class NystromSketch:
         omega = self._state.omega
         if omega is None:
             xp = _array.namespace(("A", A))
-            _array.check_array(A, "A", xp, ndim=(1, 2), finite=True)
+            _validate.check_array(A, "A", xp, ndim=(1, 2), finite=True)
         else:
             xp = _array.namespace(("sketch", omega), ("A", A))
             _array.same_device(("sketch", omega), ("A", A))
-            _array.check_array(A, "A", xp, ndim=(1, 2), finite=True)
+            _validate.check_array(A, "A", xp, ndim=(1, 2), finite=True)
             if A.dtype != omega.dtype:
                 raise TypeError(f"`A` has dtype {A.dtype} but the sketch holds {omega.dtype}; cast it first")
         if A.shape[0] != self.d:
@@ -192,7 +192,7 @@ class NystromSketch:
         the library's sign convention; a pure read of the state."""
         if self._state.sketch is None:
             raise ValueError("eigh() needs a sketch: call update() first")
-        rank = self.rank if rank is None else _array.check_int(rank, "rank", minimum=1, maximum=self.sketch_size)
+        rank = self.rank if rank is None else _validate.check_int(rank, "rank", minimum=1, maximum=self.sketch_size)
         omega, Y = self._state.omega, self._state.sketch
         xp = _array.namespace(("sketch", Y))
         be = _backend.backend_of(Y, xp)
@@ -219,14 +219,14 @@ class NystromSketch:
         decay = float(state["decay"])
         sk = cls(int(state["d"]), int(state["rank"]), sketch_size=int(state["sketch_size"]),
                  decay=decay if decay > 0.0 else None)
-        n = _array.check_int(int(state["n_updates"]), "state['n_updates']", minimum=0)
+        n = _validate.check_int(int(state["n_updates"]), "state['n_updates']", minimum=0)
         if "sketch" in state:
             omega, Y = state["omega"], state["sketch"]
             if xp is not None:
                 omega, Y = _array.from_host(omega, xp, device), _array.from_host(Y, xp, device)
             ns = _array.namespace(("omega", omega), ("sketch", Y))
             for name, arr in (("omega", omega), ("sketch", Y)):
-                _array.check_array(arr, f"state['{name}']", ns, ndim=2)
+                _validate.check_array(arr, f"state['{name}']", ns, ndim=2)
                 if tuple(arr.shape) != (sk.d, sk.sketch_size):
                     raise ValueError(
                         f"`state['{name}']` has shape {tuple(arr.shape)}, expected {(sk.d, sk.sketch_size)}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _array, _backend
+from . import _array, _backend, _validate
 from .brand import _nonnegative
 
 __all__ = ["damped_solve"]
@@ -76,13 +76,13 @@ def damped_solve(
     >>> damped_solve(L, Q, xp.asarray([4.0, 2.0, 1.0]), 1.0)
     Array([1., 2., 1.], dtype=array_api_strict.float64)
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     names = (("eigenvalues", eigenvalues), ("eigenvectors", eigenvectors), ("X", X))
     xp = _array.namespace(*names)
     _array.same_device(*names)
-    _array.check_array(eigenvalues, "eigenvalues", xp, ndim=1, finite=check_finite)
-    _array.check_array(eigenvectors, "eigenvectors", xp, ndim=2, finite=check_finite)
-    _array.check_array(X, "X", xp, ndim=(1, 2), finite=check_finite)
+    _validate.check_array(eigenvalues, "eigenvalues", xp, ndim=1, finite=check_finite)
+    _validate.check_array(eigenvectors, "eigenvectors", xp, ndim=2, finite=check_finite)
+    _validate.check_array(X, "X", xp, ndim=(1, 2), finite=check_finite)
     eigenvectors, X = _array.align_tall(("eigenvectors", eigenvectors), ("X", X), xp=xp)
     if eigenvectors.shape[1] != eigenvalues.shape[0]:
         raise ValueError(
@@ -94,8 +94,8 @@ def damped_solve(
             f"`X` has {X.shape[0]} rows but `eigenvectors` has {eigenvectors.shape[0]}; "
             "they must have the same dimension d"
         )
-    damping = _array.check_real(damping, "damping", low=0.0, low_open=True)
-    continuation = _array.check_bool(continuation, "continuation")
+    damping = _validate.check_real(damping, "damping", low=0.0, low_open=True)
+    continuation = _validate.check_bool(continuation, "continuation")
     dt = _array.result_dtype(xp, eigenvalues, eigenvectors, X)
     L = _nonnegative(_array.astype(eigenvalues, dt, xp), "eigenvalues", xp)
     return _damped_solve(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from _helpers import asarray, to_np
 
-from lowrank_online import DecompositionError, _array, _backend, _linalg, eigh_update
+from lowrank_online import DecompositionError, _array, _backend, _linalg, _validate, eigh_update
 
 
 class _Failing(types.SimpleNamespace):
@@ -110,7 +110,7 @@ def test_device_without_float64_keeps_the_core_in_float32():
 )
 def test_check_real(value, kwargs, error, match):
     with pytest.raises(error, match=match):
-        _array.check_real(value, "x", **kwargs)
+        _validate.check_real(value, "x", **kwargs)
 
 
 @pytest.mark.parametrize(("seed", "error"), [(-1, ValueError), (1.5, TypeError), (True, TypeError)])

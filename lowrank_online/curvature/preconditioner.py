@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
-from .. import _array, _linalg
+from .. import _array, _linalg, _validate
 from . import _legacy, _state, registry
 from .config import CurvatureConfig
 from .damping import Damping
@@ -58,8 +58,8 @@ def kl_clip_scale(steps: list[Any], grads: list[Any], lr: float, kappa: float, x
     pair up layer by layer. A non-finite or non-positive ``sum <step, grad>`` (no descent
     direction to bound) leaves the steps unscaled.
     """
-    lr = _array.check_real(lr, "lr", low=0.0, low_open=True)
-    kappa = _array.check_real(kappa, "kappa", low=0.0, low_open=True)
+    lr = _validate.check_real(lr, "lr", low=0.0, low_open=True)
+    kappa = _validate.check_real(kappa, "kappa", low=0.0, low_open=True)
     if len(steps) != len(grads):
         raise ValueError(f"`steps` has {len(steps)} entries but `grads` has {len(grads)}; pass one per layer")
     total = sum(float(xp.sum(s * g)) for s, g in zip(steps, grads, strict=True))
@@ -306,11 +306,11 @@ class KFACPreconditioner:
         if isinstance(a, Gram) or isinstance(g, Gram):
             return self._check_grams(layer, a, g)
         xp = _array.namespace(("a", a), ("g", g))
-        _array.check_detached(a, "a")
-        _array.check_detached(g, "g")
+        _validate.check_detached(a, "a")
+        _validate.check_detached(g, "g")
         _array.same_device(("a", a), ("g", g))
-        _array.check_array(a, "a", xp, ndim=2)
-        _array.check_array(g, "g", xp, ndim=2)
+        _validate.check_array(a, "a", xp, ndim=2)
+        _validate.check_array(g, "g", xp, ndim=2)
         if a.shape[0] != g.shape[0]:
             raise ValueError(f"`a` has {a.shape[0]} rows but `g` has {g.shape[0]}; both hold one row per sample")
         if a.shape[0] == 0:
@@ -338,11 +338,11 @@ class KFACPreconditioner:
                              "only methods whose factors are all dense (kfac, rkfac) take Gram factors")
         xp = _array.namespace(("a.matrix", a.matrix), ("g.matrix", g.matrix))
         for what, x in (("a", a), ("g", g)):
-            _array.check_detached(x.matrix, f"{what}.matrix")
-            _array.check_array(x.matrix, f"{what}.matrix", xp, ndim=2)
+            _validate.check_detached(x.matrix, f"{what}.matrix")
+            _validate.check_array(x.matrix, f"{what}.matrix", xp, ndim=2)
             if x.matrix.shape[0] != x.matrix.shape[1]:
                 raise ValueError(f"`{what}.matrix` must be square, got shape {tuple(x.matrix.shape)}")
-            _array.check_int(x.rows, f"{what}.rows")
+            _validate.check_int(x.rows, f"{what}.rows")
         _array.same_device(("a.matrix", a.matrix), ("g.matrix", g.matrix))
         if a.rows != g.rows:
             raise ValueError(f"`a` has {a.rows} rows but `g` has {g.rows}; both count the samples of one batch")
@@ -379,7 +379,7 @@ class KFACPreconditioner:
         if xp is not known.xp:
             raise TypeError(f"`grad` is a {_array._namespace_name(xp)} array but layer {layer!r} holds "
                             f"{_array._namespace_name(known.xp)}")
-        _array.check_array(grad, "grad", xp, ndim=2)
+        _validate.check_array(grad, "grad", xp, ndim=2)
         self._check_known(layer, known, xp, grad, "`grad`")
         if tuple(grad.shape) != (known.d_g, known.d_a):
             raise ValueError(f"`grad` of layer {layer!r} must have shape {(known.d_g, known.d_a)}, "
@@ -660,8 +660,8 @@ class KFACPreconditioner:
         """
         known = self._layer(layer)
         xp = _array.namespace(("G", G), ("A", A))
-        _array.check_array(G, "G", xp, ndim=2)
-        _array.check_array(A, "A", xp, ndim=2)
+        _validate.check_array(G, "G", xp, ndim=2)
+        _validate.check_array(A, "A", xp, ndim=2)
         self._check_known(layer, known, xp, G, "`G`")
         self._check_known(layer, known, xp, A, "`A`")
         if G.shape[0] != A.shape[0]:
@@ -674,7 +674,7 @@ class KFACPreconditioner:
 
     def clip_scale(self, steps: list[Any], grads: list[Any], lr: float) -> float:
         """The KL-clipping factor of all layers' steps (1 when ``kl_clip`` is None)."""
-        lr = _array.check_real(lr, "lr", low=0.0, low_open=True)
+        lr = _validate.check_real(lr, "lr", low=0.0, low_open=True)
         if len(steps) != len(grads):
             raise ValueError(f"`steps` has {len(steps)} entries but `grads` has {len(grads)}; pass one per layer")
         if self.config.kl_clip is None or not steps:
@@ -698,7 +698,7 @@ class KFACPreconditioner:
         2015, Sec. 6.5, with the preconditioner's own curvature model). When the steps are
         clipped by a factor ``c`` (:meth:`clip_scale`), pass ``lr * c``.
         """
-        lr = _array.check_real(lr, "lr", low=0.0, low_open=True)
+        lr = _validate.check_real(lr, "lr", low=0.0, low_open=True)
         if not steps:
             return 0.0
         xp = array_api_compat.array_namespace(steps[0])
@@ -716,7 +716,7 @@ class KFACPreconditioner:
         if self.config.damping_adaptation != "lm":
             raise ValueError("adapt_damping needs damping_adaptation='lm'")
         actual = float(actual_change)
-        predicted = _array.check_real(predicted_change, "predicted_change")
+        predicted = _validate.check_real(predicted_change, "predicted_change")
         if predicted < 0.0:
             ratio = actual / predicted if math.isfinite(actual) else -math.inf
             if ratio > 0.75:

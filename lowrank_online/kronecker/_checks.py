@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .. import _array
+from .. import _array, _validate
 
 __all__: list[str] = []  # private module
 
@@ -24,8 +24,8 @@ def statistics(a: Any, g: Any, *, check_finite: bool, xp: Any = None) -> tuple[A
     names = (("a", a), ("g", g))
     xp = _array.namespace(*names, xp=xp)
     _array.same_device(*names)
-    _array.check_array(a, "a", xp, ndim=2, finite=check_finite)
-    _array.check_array(g, "g", xp, ndim=2, finite=check_finite)
+    _validate.check_array(a, "a", xp, ndim=2, finite=check_finite)
+    _validate.check_array(g, "g", xp, ndim=2, finite=check_finite)
     if a.shape[0] != g.shape[0]:
         raise ValueError(
             f"`a` has {a.shape[0]} rows but `g` has {g.shape[0]}; both hold one row per sample"
@@ -42,7 +42,7 @@ def statistics(a: Any, g: Any, *, check_finite: bool, xp: Any = None) -> tuple[A
 
 def square(M: Any, name: str, xp: Any, *, check_finite: bool, size: int | None = None) -> None:
     """``M`` is a 2-D square floating array (of side ``size`` when given)."""
-    _array.check_array(M, name, xp, ndim=2, finite=check_finite)
+    _validate.check_array(M, name, xp, ndim=2, finite=check_finite)
     if M.shape[0] != M.shape[1]:
         raise ValueError(f"`{name}` must be square, got shape {tuple(M.shape)}")
     if size is not None and M.shape[0] != size:
@@ -58,8 +58,8 @@ def shape_pair(value: Any, name: str) -> tuple[int, int]:
     if len(pair) != 2:
         raise ValueError(f"`{name}` must be a pair (rows, cols), got {value!r}")
     return (
-        _array.check_int(pair[0], f"{name}[0]", minimum=1),
-        _array.check_int(pair[1], f"{name}[1]", minimum=1),
+        _validate.check_int(pair[0], f"{name}[0]", minimum=1),
+        _validate.check_int(pair[1], f"{name}[1]", minimum=1),
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import array_api_extra as xpx
 
-from .. import _array, _backend, _linalg
+from .. import _array, _backend, _linalg, _validate
 from . import _checks
 
 __all__ = ["EKFACFactors", "ekfac_factors", "ekfac_scalings", "ekfac_solve", "ekfac_update"]
@@ -43,7 +43,7 @@ class EKFACFactors(NamedTuple):
 
     def solve(self, V: Any, *, damping: float, check_finite: bool = True) -> Any:
         """:func:`ekfac_solve` with these factors."""
-        check_finite = _array.check_bool(check_finite, "check_finite")
+        check_finite = _validate.check_bool(check_finite, "check_finite")
         return ekfac_solve(V, self.scalings, self.basis_g, self.basis_a, damping=damping, check_finite=check_finite)
 
 
@@ -134,7 +134,7 @@ def ekfac_scalings(a: Any, g: Any, basis_g: Any, basis_a: Any, *, check_finite: 
     >>> ekfac_scalings(a, g, xp.eye(1), xp.eye(2))  # E[(g a^T)^2] in the standard basis
     Array([[18.5,  2. ]], dtype=array_api_strict.float64)
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
     _array.namespace(("basis_g", basis_g), ("basis_a", basis_a), ("a", a))
     _array.same_device(("basis_g", basis_g), ("basis_a", basis_a), ("a", a))
@@ -178,7 +178,7 @@ def ekfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> EKFACFactors:
     >>> round(float(xp.sum(f.scalings)), 12)  # the trace of F is kept: sum(S) = E[|a|^2 |g|^2]
     6.0
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
     n = a.shape[0]
     be = _backend.precision_of(a, xp)
@@ -247,8 +247,8 @@ def ekfac_update(
     >>> ekfac_update(s, 2.0 * a, g, xp.eye(1), xp.eye(2), decay=0.5)
     Array([[ 2.5, 10. ]], dtype=array_api_strict.float64)
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
-    decay = _array.check_real(decay, "decay", low=0.0, high=1.0)
+    check_finite = _validate.check_bool(check_finite, "check_finite")
+    decay = _validate.check_real(decay, "decay", low=0.0, high=1.0)
     if not isinstance(per_sample, bool):
         raise TypeError(f"`per_sample` must be a bool, got {type(per_sample).__name__}")
     xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
@@ -259,7 +259,7 @@ def ekfac_update(
     batch = _projected_moments(a, g, basis_g, basis_a, xp, per_sample=per_sample)
     if scalings is None:
         return batch
-    _array.check_array(scalings, "scalings", xp, ndim=2, finite=check_finite)
+    _validate.check_array(scalings, "scalings", xp, ndim=2, finite=check_finite)
     if tuple(scalings.shape) != (d_g, d_a):
         raise ValueError(f"`scalings` must have shape {(d_g, d_a)}, got {tuple(scalings.shape)}")
     _check_nonnegative(scalings, xp)
@@ -323,12 +323,12 @@ def ekfac_solve(
     >>> ekfac_solve(xp.asarray([[2.0, 4.0]]), S, xp.eye(1), xp.eye(2), damping=1.0)
     Array([[1., 1.]], dtype=array_api_strict.float64)
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     names = (("V", V), ("scalings", scalings), ("basis_g", basis_g), ("basis_a", basis_a))
     xp = _array.namespace(*names)
     _array.same_device(*names)
-    _array.check_array(V, "V", xp, ndim=tuple(range(1, 8)), finite=check_finite)
-    _array.check_array(scalings, "scalings", xp, ndim=2, finite=check_finite)
+    _validate.check_array(V, "V", xp, ndim=tuple(range(1, 8)), finite=check_finite)
+    _validate.check_array(scalings, "scalings", xp, ndim=2, finite=check_finite)
     # The bases fix the sizes; a scalings array that disagrees is named as the culprit.
     _checks.square(basis_g, "basis_g", xp, check_finite=check_finite)
     _checks.square(basis_a, "basis_a", xp, check_finite=check_finite)
@@ -336,7 +336,7 @@ def ekfac_solve(
     if tuple(scalings.shape) != (d_g, d_a):
         raise ValueError(f"`scalings` must have shape {(d_g, d_a)} (the sizes of `basis_g` and `basis_a`), "
                          f"got {tuple(scalings.shape)}")
-    damping = _array.check_real(damping, "damping", low=0.0)
+    damping = _validate.check_real(damping, "damping", low=0.0)
     low = _check_nonnegative(scalings, xp)
     if not low + damping > 0.0:
         raise ValueError("`scalings` + `damping` must be positive; pass damping > 0")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _array
+from .. import _array, _validate
 from . import _checks
 from .kronsum import KronSum
 
@@ -99,7 +99,7 @@ class FisherBlockOperator:
         check_finite: bool = True,
         xp: Any = None,
     ) -> None:
-        check_finite = _array.check_bool(check_finite, "check_finite")
+        check_finite = _validate.check_bool(check_finite, "check_finite")
         xp, a, g = _checks.statistics(a, g, check_finite=check_finite, xp=xp)
         self._xp = xp
         self.a, self.g = a, g
@@ -173,7 +173,7 @@ class FisherBlockOperator:
         # Floating and finite: an integer block would be cast silently, and a product with NaN
         # would be reported later as a non-finite Fisher block. The check is a pass over V,
         # against the product's O(N (d_a^2 + d_g^2)) flops per column.
-        _array.check_array(V, name, xp, ndim=(1, 2))
+        _validate.check_array(V, name, xp, ndim=(1, 2))
         vector = V.ndim == 1
         if V.ndim not in (1, 2) or V.shape[0] != rows:
             raise ValueError(f"`{name}` must have shape ({rows}, k) or ({rows},), got {tuple(V.shape)}")

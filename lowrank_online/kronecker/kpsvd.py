@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _array, _linalg
+from .. import _array, _linalg, _validate
 from . import _checks
 from .fisher import FisherBlockOperator
 from .kronsum import KronSum
@@ -55,7 +55,7 @@ def kfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> KronSum:
     >>> float(ks.left[0][0, 0]), float(ks.right[0][0, 0])
     (2.0, 5.0)
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
     left, right = _checks.kfac_pair(a, g, xp)
     return KronSum((left,), (right,))
@@ -123,7 +123,7 @@ def _pair(res: IterativeSVDResult, i: int, op: FisherBlockOperator, first: bool)
 
 
 def _check_common(tol: Any, max_iter: Any) -> tuple[float, int]:
-    return _array.check_real(tol, "tol", low=0.0), _array.check_int(max_iter, "max_iter", minimum=1)
+    return _validate.check_real(tol, "tol", low=0.0), _validate.check_int(max_iter, "max_iter", minimum=1)
 
 
 def kpsvd(
@@ -227,9 +227,9 @@ def kpsvd(
     >>> bool(err_kpsvd <= err_kfac)
     True
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     op = FisherBlockOperator(a, g, check_finite=check_finite)
-    terms = _array.check_int(terms, "terms", minimum=1)
+    terms = _validate.check_int(terms, "terms", minimum=1)
     limit = _max_terms(op)
     if terms > limit:
         raise ValueError(
@@ -323,7 +323,7 @@ def kfac_corrected(
     >>> ks.n_terms, bool(op.minus(ks).frobenius_norm() <= op.minus(kfac_factors(a, g)).frobenius_norm())
     (2, True)
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     op = FisherBlockOperator(a, g, check_finite=check_finite)
     tol, max_iter = _check_common(tol, max_iter)
     kfac = op.kfac()

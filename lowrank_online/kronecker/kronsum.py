@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import array_api_extra as xpx
 
-from .. import _array, _backend, _linalg
+from .. import _array, _backend, _linalg, _validate
 from . import _checks
 
 __all__ = ["KronSum", "KronSumInverse"]
@@ -82,7 +82,7 @@ class KronSum(NamedTuple):
         (m1, n1), (m2, n2) = _factor_shapes(self)
         _array.namespace(("x", x), ("left[0]", self.left[0]))
         _array.same_device(("x", x), ("left[0]", self.left[0]))
-        _array.check_array(x, "x", xp, ndim=tuple(range(1, 8)))
+        _validate.check_array(x, "x", xp, ndim=tuple(range(1, 8)))
         vector = _matrix_form(x, "x", (n1, n2))
         X = xp.reshape(x, (n1, n2)) if vector else x
         out = None
@@ -248,7 +248,7 @@ class KronSumInverse:
         eigenvalue_floor: float | None = None,
         check_finite: bool = True,
     ) -> None:
-        check_finite = _array.check_bool(check_finite, "check_finite")
+        check_finite = _validate.check_bool(check_finite, "check_finite")
         names = (("A", A), ("B", B), ("C", C), ("D", D))
         xp = _array.namespace(*names)
         dev = _array.same_device(*names)
@@ -262,8 +262,8 @@ class KronSumInverse:
             _checks.square(D, "D", xp, check_finite=check_finite, size=q)
         for name, M in names:
             if M is not None:
-                _array.check_symmetric(M, name, xp)
-        damping = _array.check_real(damping, "damping", low=0.0)
+                _validate.check_symmetric(M, name, xp)
+        damping = _validate.check_real(damping, "damping", low=0.0)
         dtype = _array.result_dtype(xp, *(M for _, M in names))
         be = _backend.Precision(xp, dev, dtype)
         Ac, Bc = be.to_core(A), be.to_core(B)
@@ -277,7 +277,7 @@ class KronSumInverse:
                     )
                 pi = math.sqrt(ta / tb)
             else:
-                pi = _array.check_real(pi, "pi", low=0.0, low_open=True)
+                pi = _validate.check_real(pi, "pi", low=0.0, low_open=True)
             root = math.sqrt(damping)
             Ac = Ac + (pi * root) * be.eye(p)
             Bc = Bc + (root / pi) * be.eye(q)
@@ -285,7 +285,7 @@ class KronSumInverse:
         K2, s2 = _whitened_eigh(Bc, None if D is None else be.to_core(D), "B", "D", be)
         mu = 1.0 + s1[:, None] * s2[None, :]
         if eigenvalue_floor is not None:
-            floor = _array.check_real(eigenvalue_floor, "eigenvalue_floor", low=0.0, low_open=True)
+            floor = _validate.check_real(eigenvalue_floor, "eigenvalue_floor", low=0.0, low_open=True)
             mu = be.cxp.clip(mu, min=floor)
         # Each 1 + s1_i s2_j is a sum of two terms whose rounding is ~ eps (1 + |s1_i s2_j|):
         # compared with that, not with the largest eigenvalue, so that a sum that cancels
@@ -337,10 +337,10 @@ class KronSumInverse:
 
         Cost ``4 (p^2 q + p q^2)`` flops per right-hand side (four GEMMs).
         """
-        check_finite = _array.check_bool(check_finite, "check_finite")
+        check_finite = _validate.check_bool(check_finite, "check_finite")
         xp = _array.namespace(("V", V), ("A", self.basis_left))
         _array.same_device(("V", V), ("A", self.basis_left))
-        _array.check_array(V, "V", xp, ndim=tuple(range(1, 8)), finite=check_finite)
+        _validate.check_array(V, "V", xp, ndim=tuple(range(1, 8)), finite=check_finite)
         p, q = self.basis_left.shape[0], self.basis_right.shape[0]
         vector = _matrix_form(V, "V", (p, q))
         X = xp.reshape(V, (p, q)) if vector else V

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import array_api_extra as xpx
 
-from .. import _array, _backend, _linalg
+from .. import _array, _backend, _linalg, _validate
 from ..operators import as_operand
 
 __all__ = ["IterativeSVDResult", "lanczos_svd", "power_svd"]
@@ -77,7 +77,7 @@ def _start_vector(v0: Any, n: int, op: Any, rng: Any) -> Any:
         if _array.namespace(("v0", v0)) is not xp:
             raise TypeError(f"`v0` is a {_array._namespace_name(_array.namespace(('v0', v0)))} array but `A` lives in "
                             f"{_array._namespace_name(xp)}; pass arrays of one namespace")
-        _array.check_array(v0, "v0", xp, ndim=(1, 2), finite=True)
+        _validate.check_array(v0, "v0", xp, ndim=(1, 2), finite=True)
         if v0.ndim == 2 and v0.shape[1] != 1 or v0.shape[0] != n:
             raise ValueError(f"`v0` must have {n} entries (the number of columns of A), got shape {tuple(v0.shape)}")
         v = _array.astype(xp.reshape(v0, (n,)), op.dtype, xp)
@@ -183,14 +183,14 @@ def power_svd(
     >>> round(float(res.S[0]), 10), res.converged
     (3.0, True)
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     op = as_operand(A, "A", xp=xp, check_finite=check_finite)
     xq = op.xp
     m, n = op.shape
     if min(m, n) == 0:
         raise ValueError(f"`A` has a zero dimension (shape {op.shape}); there is nothing to decompose")
-    tol = _array.check_real(tol, "tol", low=0.0)
-    max_iter = _array.check_int(max_iter, "max_iter", minimum=1)
+    tol = _validate.check_real(tol, "tol", low=0.0)
+    max_iter = _validate.check_int(max_iter, "max_iter", minimum=1)
     rng = _array.as_generator(seed)
     be = _backend.Precision(xq, op.device, op.dtype)
     tol = max(tol, _floor(be, op.shape))
@@ -340,20 +340,20 @@ def lanczos_svd(
     >>> [round(float(s), 6) for s in res.S]  # numpy.linalg.svd: 73.589293, 29.428757, 26.798973
     [73.589293, 29.428757, 26.798973]
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     op = as_operand(A, "A", xp=xp, check_finite=check_finite)
     m, n = op.shape
     p = min(m, n)
     if p == 0:
         raise ValueError(f"`A` has a zero dimension (shape {op.shape}); there is nothing to decompose")
-    k = _array.check_int(k, "k", minimum=1, maximum=p)
+    k = _validate.check_int(k, "k", minimum=1, maximum=p)
     if krylov_dim is None:
         kd = min(p, max(2 * k + 10, 20))
     else:
         # Validated for k = min(m, n) too, where any krylov_dim >= k means the dense SVD.
-        kd = min(_array.check_int(krylov_dim, "krylov_dim", minimum=min(k + 1, p)), p)
-    tol = _array.check_real(tol, "tol", low=0.0)
-    max_restarts = _array.check_int(max_restarts, "max_restarts", minimum=0)
+        kd = min(_validate.check_int(krylov_dim, "krylov_dim", minimum=min(k + 1, p)), p)
+    tol = _validate.check_real(tol, "tol", low=0.0)
+    max_restarts = _validate.check_int(max_restarts, "max_restarts", minimum=0)
     rng = _array.as_generator(seed)
     v = _start_vector(v0, n, op, rng)
     if kd >= p:

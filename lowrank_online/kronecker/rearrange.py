@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _array, _linalg
+from .. import _array, _linalg, _validate
 from . import _checks
 from .kronsum import KronSum
 
@@ -72,9 +72,9 @@ def kron_rearrange(
            [ 3., -3.],
            [ 4., -4.]], dtype=array_api_strict.float64)
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     xp = _array.namespace(("M", M))
-    _array.check_array(M, "M", xp, ndim=2, finite=check_finite)
+    _validate.check_array(M, "M", xp, ndim=2, finite=check_finite)
     (m1, n1), (m2, n2) = _check_shapes(M, left_shape, right_shape)
     return _rearrange(M, m1, n1, m2, n2, xp)
 
@@ -149,12 +149,12 @@ def nearest_kron(
     >>> float(xp.max(xp.abs(ks.to_dense() - M))) < 1e-12
     True
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     xp = _array.namespace(("M", M))
-    _array.check_array(M, "M", xp, ndim=2, finite=check_finite)
+    _validate.check_array(M, "M", xp, ndim=2, finite=check_finite)
     (m1, n1), (m2, n2) = _check_shapes(M, left_shape, right_shape)
     limit = min(m1 * n1, m2 * n2)
-    terms = _array.check_int(terms, "terms", minimum=1, maximum=limit)
+    terms = _validate.check_int(terms, "terms", minimum=1, maximum=limit)
     U, s, Vh = _linalg.small_svd(_rearrange(M, m1, n1, m2, n2, xp), xp)
     U, signs = _linalg.flip_signs(U[:, :terms] * 1.0, xp)
     Vh = Vh[:terms, :] * signs[:, None]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .. import _array, _linalg
+from .. import _array, _linalg, _validate
 from . import _checks
 from .kronsum import KronSum
 
@@ -44,7 +44,7 @@ class TKFACFactors(NamedTuple):
         The Kronecker-factored stand-in for ``δ Ψ ⊗ Φ + λ I`` (Martens & Grosse 2015);
         invert it with :class:`KronSumInverse` or factor by factor.
         """
-        lam = _array.check_real(damping, "damping", low=0.0)
+        lam = _validate.check_real(damping, "damping", low=0.0)
         xp = _array.namespace(("Phi", self.Phi), ("Psi", self.Psi))
         root = xp.sqrt(self.delta)
         left = root * self.Psi + math.sqrt(lam) * _checks.identity_like(self.Psi, xp)
@@ -58,7 +58,7 @@ class TKFACFactors(NamedTuple):
         The paper proposes it for convolutional layers, where δ can become tiny; ``ν`` is a
         lower bound on δ and the damping needs no tuning.
         """
-        nu = _array.check_real(nu, "nu", low=0.0, low_open=True)
+        nu = _validate.check_real(nu, "nu", low=0.0, low_open=True)
         xp = _array.namespace(("Phi", self.Phi), ("Psi", self.Psi))
         d_tilde = max(nu, float(self.delta))
         root = math.sqrt(d_tilde)
@@ -131,7 +131,7 @@ def tkfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> TKFACFactors:
     >>> float(f.delta), float(xp.linalg.trace(f.Phi)), float(xp.linalg.trace(f.Psi))
     (23.0, 1.0, 1.0)
     """
-    check_finite = _array.check_bool(check_finite, "check_finite")
+    check_finite = _validate.check_bool(check_finite, "check_finite")
     xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
     n = a.shape[0]
     # Phi and Psi do not depend on the scales of a and g, and delta scales as their squares:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import _array
+from .. import _validate
 
 __all__ = ["Dataset", "load_dataset", "mlp_layer_statistics"]
 
@@ -77,7 +77,7 @@ def teacher_student(
         (n_classes, "n_classes"),
         (latent, "latent"),
     ):
-        _array.check_int(value, name, minimum=1)
+        _validate.check_int(value, name, minimum=1)
     latent = min(latent, d_in)
     rng = np.random.default_rng(seed)
     n = n_train + n_test
@@ -101,7 +101,7 @@ def load_dataset(name: str, *, seed: int = 0, **kwargs: Any) -> Dataset:
 
 def batches(n: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
     """Deterministic shuffled mini-batch indices of one epoch (a function of (seed, epoch))."""
-    _array.check_int(batch_size, "batch_size", minimum=1)
+    _validate.check_int(batch_size, "batch_size", minimum=1)
     order = np.random.default_rng([seed, epoch]).permutation(n)
     return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 

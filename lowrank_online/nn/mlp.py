@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import _array
+from .. import _array, _validate
 from .losses import Loss
 
 __all__ = ["MLP", "LayerStatistics"]
@@ -97,7 +97,7 @@ class MLP:
         if len(sizes) < 2:
             raise ValueError(f"`sizes` needs an input and an output width, got {sizes!r}")
         for s in sizes:
-            _array.check_int(s, "sizes[i]", minimum=1)
+            _validate.check_int(s, "sizes[i]", minimum=1)
         if activation not in _ACTIVATIONS:
             raise ValueError(f"`activation` must be one of {_ACTIVATIONS}, got {activation!r}")
         if xp is None:

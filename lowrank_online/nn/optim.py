@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _array
+from .. import _validate
 from .mlp import MLP
 
 __all__ = ["SGD", "Adam"]
@@ -31,9 +31,9 @@ class SGD:
     name = "sgd"
 
     def __init__(self, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
-        self.lr = _array.check_real(lr, "lr", low=0.0, low_open=True)
-        self.momentum = _array.check_real(momentum, "momentum", low=0.0, high=1.0, high_open=True)
-        self.weight_decay = _array.check_real(weight_decay, "weight_decay", low=0.0)
+        self.lr = _validate.check_real(lr, "lr", low=0.0, low_open=True)
+        self.momentum = _validate.check_real(momentum, "momentum", low=0.0, high=1.0, high_open=True)
+        self.weight_decay = _validate.check_real(weight_decay, "weight_decay", low=0.0)
         self.buffers: list[Any] | None = None
 
     def step(self, model: MLP, directions: list[Any]) -> None:
@@ -74,11 +74,11 @@ class Adam:
     def __init__(
         self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
     ) -> None:
-        self.lr = _array.check_real(lr, "lr", low=0.0, low_open=True)
-        self.beta1 = _array.check_real(betas[0], "betas[0]", low=0.0, high=1.0, high_open=True)
-        self.beta2 = _array.check_real(betas[1], "betas[1]", low=0.0, high=1.0, high_open=True)
-        self.eps = _array.check_real(eps, "eps", low=0.0, low_open=True)
-        self.weight_decay = _array.check_real(weight_decay, "weight_decay", low=0.0)
+        self.lr = _validate.check_real(lr, "lr", low=0.0, low_open=True)
+        self.beta1 = _validate.check_real(betas[0], "betas[0]", low=0.0, high=1.0, high_open=True)
+        self.beta2 = _validate.check_real(betas[1], "betas[1]", low=0.0, high=1.0, high_open=True)
+        self.eps = _validate.check_real(eps, "eps", low=0.0, low_open=True)
+        self.weight_decay = _validate.check_real(weight_decay, "weight_decay", low=0.0)
         self.t = 0
         self.m: list[Any] | None = None
         self.v: list[Any] | None = None

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _array, checkpoint
+from .. import _validate, checkpoint
 from ..curvature import KFACPreconditioner
 from .data import Dataset, batches
 from .losses import Loss, get_loss
@@ -210,4 +210,4 @@ def load_training_state(file: Any, model: MLP, optimizer: SGD | Adam,
         if "preconditioner" not in state:
             raise ValueError("the checkpoint holds no preconditioner state")
         preconditioner.load_state_dict(state["preconditioner"], xp=model.xp, device=model.device)
-    return _array.check_int(int(state["epoch"]), "epoch", minimum=0), int(state["steps"])
+    return _validate.check_int(int(state["epoch"]), "epoch", minimum=0), int(state["steps"])

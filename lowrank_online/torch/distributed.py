@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from .. import _array, _linalg
+from .. import _linalg, _validate
 from ..curvature import Gram, registry
 from ..curvature import factors as _factors
 
@@ -95,7 +95,7 @@ class Distributed:
     async_op: bool = True
 
     def __post_init__(self) -> None:
-        fraction = _array.check_real(self.grad_worker_fraction, "grad_worker_fraction", low=0.0, low_open=True)
+        fraction = _validate.check_real(self.grad_worker_fraction, "grad_worker_fraction", low=0.0, low_open=True)
         if fraction > 1.0:
             raise ValueError(f"`grad_worker_fraction` must be in (0, 1], got {self.grad_worker_fraction}")
         object.__setattr__(self, "grad_worker_fraction", fraction)
@@ -141,7 +141,7 @@ def assign_owners(costs: list[float], world_size: int) -> list[int]:
     >>> assign_owners([1.0, 8.0, 1.0, 8.0], 2)
     [0, 0, 1, 1]
     """
-    world_size = _array.check_int(world_size, "world_size")
+    world_size = _validate.check_int(world_size, "world_size")
     load = [0.0] * world_size
     owners = [0] * len(costs)
     for i in sorted(range(len(costs)), key=lambda i: (-float(costs[i]), i)):

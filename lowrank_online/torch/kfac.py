@@ -22,7 +22,7 @@ import array_api_compat.torch as torch_xp
 import torch
 from torch import nn
 
-from .. import _array
+from .. import _validate
 from ..curvature import METHODS, KFACPreconditioner, kl_clip_scale, registry
 from . import _fisher, _layers
 from . import distributed as _distributed
@@ -251,20 +251,20 @@ class KFAC:
                 stacklevel=2,
             )
         self.loss = _fisher.loss_spec(loss, fisher)
-        self.mc_samples = _array.check_int(mc_samples, "mc_samples")
+        self.mc_samples = _validate.check_int(mc_samples, "mc_samples")
         if fisher != "mc" and self.mc_samples != 1:
             raise ValueError(f"`mc_samples` applies to fisher='mc' only, got {mc_samples} with fisher={fisher!r}")
-        self.accumulation_steps = _array.check_int(accumulation_steps, "accumulation_steps")
-        self.max_embedding_size = _array.check_int(max_embedding_size, "max_embedding_size")
+        self.accumulation_steps = _validate.check_int(accumulation_steps, "accumulation_steps")
+        self.max_embedding_size = _validate.check_int(max_embedding_size, "max_embedding_size")
         if output_fn is not None and not callable(output_fn):
             raise TypeError(f"`output_fn` must be callable, got {type(output_fn).__name__}")
         self.output_fn = output_fn
         if grad_scaler is not None and not callable(getattr(grad_scaler, "get_scale", None)):
             raise TypeError(f"`grad_scaler` must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
         self.grad_scaler = grad_scaler
-        self.lr = None if lr is None else _array.check_real(lr, "lr", low=0.0, low_open=True)
+        self.lr = None if lr is None else _validate.check_real(lr, "lr", low=0.0, low_open=True)
         self.keep_statistics = bool(keep_statistics)
-        self.seed = _array.check_int(seed, "seed", minimum=0)
+        self.seed = _validate.check_int(seed, "seed", minimum=0)
         self._schedule = self._check_schedule(T_updt, T_inv, T_brand, T_rsvd, T_corct)
         patterns = self._check_patterns(skip_layers)
         sharing = self._check_sharing(weight_sharing)
@@ -301,11 +301,11 @@ class KFAC:
     @staticmethod
     def _check_schedule(T_updt: int, T_inv: int, T_brand: int | None, T_rsvd: int | None,
                         T_corct: int | None) -> dict[str, int]:
-        t_updt = _array.check_int(T_updt, "T_updt")
-        periods = {"T_updt": t_updt, "T_inv": _array.check_int(T_inv, "T_inv")}
-        periods["T_brand"] = t_updt if T_brand is None else _array.check_int(T_brand, "T_brand")
-        periods["T_rsvd"] = periods["T_inv"] if T_rsvd is None else _array.check_int(T_rsvd, "T_rsvd")
-        periods["T_corct"] = periods["T_inv"] if T_corct is None else _array.check_int(T_corct, "T_corct")
+        t_updt = _validate.check_int(T_updt, "T_updt")
+        periods = {"T_updt": t_updt, "T_inv": _validate.check_int(T_inv, "T_inv")}
+        periods["T_brand"] = t_updt if T_brand is None else _validate.check_int(T_brand, "T_brand")
+        periods["T_rsvd"] = periods["T_inv"] if T_rsvd is None else _validate.check_int(T_rsvd, "T_rsvd")
+        periods["T_corct"] = periods["T_inv"] if T_corct is None else _validate.check_int(T_corct, "T_corct")
         for key, value in periods.items():
             if value % t_updt:
                 # The preconditioner acts on statistics steps only: other periods would be
@@ -647,12 +647,12 @@ class KFAC:
             missing = [n for n in self._adapters if n not in lr]
             if missing:
                 raise ValueError(f"`lr` has no learning rate for the layers {missing}")
-            return {n: _array.check_real(lr[n], f"lr[{n!r}]", low=0.0, low_open=True) for n in self._adapters}
+            return {n: _validate.check_real(lr[n], f"lr[{n!r}]", low=0.0, low_open=True) for n in self._adapters}
         if lr is None:
             if self.kl_clip is not None:
                 raise ValueError("`lr` is needed for KL-clipping: pass KFAC(..., lr=...) or step(lr=...)")
             return None
-        value = _array.check_real(lr, "lr", low=0.0, low_open=True)
+        value = _validate.check_real(lr, "lr", low=0.0, low_open=True)
         return dict.fromkeys(self._adapters, value)
 
     def _check_hooks_fired(self) -> None:
