@@ -18,31 +18,13 @@ Built on the core:
   ``import lowrank_online`` does not import scikit-learn).
 """
 
+from . import kronecker as _kronecker
 from ._linalg import DecompositionError
 from ._results import EighResult, ErrorEstimate, REighResult, RSVDResult, SVDResult
 from .brand import eigh_update, svd_update
 from .checkpoint import load_state, save_state
 from .ema import LowRankEMA
-from .kronecker import (
-    EKFACFactors,
-    FisherBlockOperator,
-    IterativeSVDResult,
-    KronSum,
-    KronSumInverse,
-    TKFACFactors,
-    ekfac_factors,
-    ekfac_scalings,
-    ekfac_solve,
-    ekfac_update,
-    kfac_corrected,
-    kfac_factors,
-    kpsvd,
-    kron_rearrange,
-    lanczos_svd,
-    nearest_kron,
-    power_svd,
-    tkfac_factors,
-)
+from .kronecker import *  # noqa: F403 - the toolkit's public names, listed once in kronecker.__all__
 from .operators import LinearOperator
 from .randomized import reigh, rsvd
 from .sketch import NystromSketch
@@ -71,7 +53,7 @@ __all__ = [
     "REighResult",
     "RSVDResult",
     "SVDResult",
-    "StreamingPCA",
+    "StreamingPCA",  # noqa: F405 - loaded on first access (__getattr__ above)
     "damped_solve",
     "eigh_update",
     "load_state",
@@ -79,23 +61,5 @@ __all__ = [
     "rsvd",
     "save_state",
     "svd_update",
-    # Kronecker toolkit (papers 002-004)
-    "EKFACFactors",
-    "FisherBlockOperator",
-    "IterativeSVDResult",
-    "KronSum",
-    "KronSumInverse",
-    "TKFACFactors",
-    "ekfac_factors",
-    "ekfac_scalings",
-    "ekfac_solve",
-    "ekfac_update",
-    "kfac_corrected",
-    "kfac_factors",
-    "kpsvd",
-    "kron_rearrange",
-    "lanczos_svd",
-    "nearest_kron",
-    "power_svd",
-    "tkfac_factors",
+    *_kronecker.__all__,
 ]

@@ -13,7 +13,19 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ._array import _FLOAT_NAMES, device, eps, is_array, is_lazy, is_numpy, to_floats
+from ._array import (
+    _FLOAT_NAMES,
+    astype,
+    device,
+    eps,
+    is_array,
+    is_lazy,
+    is_numpy,
+    namespace,
+    result_dtype,
+    same_device,
+    to_floats,
+)
 
 __all__: list[str] = []  # private module
 
@@ -185,3 +197,31 @@ def check_real(
         interval = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
         raise ValueError(f"`{name}` must lie in {interval}, got {value}")
     return value
+
+
+def check_statistics(a: Any, g: Any, *, check_finite: bool = True, promote: bool = True,
+                     xp: Any = None) -> tuple[Any, Any, Any]:
+    """Validate the per-sample statistics of a layer: activations ``a`` (N x d_a) and gradients
+    ``g`` (N x d_g), one row per sample, in one namespace and on one device.
+
+    Returns ``(xp, a, g)``: with ``promote`` both arrays in their promoted floating dtype,
+    otherwise a ``TypeError`` when their dtypes differ (a stateful caller keeps one dtype).
+    """
+    names = (("a", a), ("g", g))
+    xp = namespace(*names, xp=xp)
+    same_device(*names)
+    check_array(a, "a", xp, ndim=2, finite=check_finite)
+    check_array(g, "g", xp, ndim=2, finite=check_finite)
+    if a.shape[0] != g.shape[0]:
+        raise ValueError(f"`a` has {a.shape[0]} rows but `g` has {g.shape[0]}; both hold one row per sample")
+    if a.shape[0] == 0:
+        raise ValueError("`a` and `g` hold no samples (zero rows)")
+    if a.shape[1] == 0 or g.shape[1] == 0:
+        raise ValueError(f"`a` and `g` need at least one column, got shapes {tuple(a.shape)} and {tuple(g.shape)}")
+    if not promote:
+        if a.dtype != g.dtype:
+            raise TypeError(f"`a` has dtype {a.dtype} but `g` has {g.dtype}")
+        return xp, a, g
+    dt = result_dtype(xp, a, g)
+    return xp, astype(a, dt, xp), astype(g, dt, xp)
+

@@ -305,18 +305,9 @@ class KFACPreconditioner:
             raise TypeError(f"`layer` must be a string, got {type(layer).__name__}")
         if isinstance(a, Gram) or isinstance(g, Gram):
             return self._check_grams(layer, a, g)
-        xp = _array.namespace(("a", a), ("g", g))
         _validate.check_detached(a, "a")
         _validate.check_detached(g, "g")
-        _array.same_device(("a", a), ("g", g))
-        _validate.check_array(a, "a", xp, ndim=2)
-        _validate.check_array(g, "g", xp, ndim=2)
-        if a.shape[0] != g.shape[0]:
-            raise ValueError(f"`a` has {a.shape[0]} rows but `g` has {g.shape[0]}; both hold one row per sample")
-        if a.shape[0] == 0:
-            raise ValueError("`a` and `g` hold no samples")
-        if a.dtype != g.dtype:
-            raise TypeError(f"`a` has dtype {a.dtype} but `g` has {g.dtype}")
+        xp, a, g = _validate.check_statistics(a, g, promote=False)
         known = self._layers.get(layer)
         if known is not None:
             self._check_known(layer, known, xp, a, "statistics")

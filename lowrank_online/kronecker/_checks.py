@@ -21,23 +21,7 @@ def statistics(a: Any, g: Any, *, check_finite: bool, xp: Any = None) -> tuple[A
 
     Returns ``(xp, a, g)`` with both arrays in their promoted floating dtype.
     """
-    names = (("a", a), ("g", g))
-    xp = _array.namespace(*names, xp=xp)
-    _array.same_device(*names)
-    _validate.check_array(a, "a", xp, ndim=2, finite=check_finite)
-    _validate.check_array(g, "g", xp, ndim=2, finite=check_finite)
-    if a.shape[0] != g.shape[0]:
-        raise ValueError(
-            f"`a` has {a.shape[0]} rows but `g` has {g.shape[0]}; both hold one row per sample"
-        )
-    if a.shape[0] == 0:
-        raise ValueError("`a` and `g` hold no samples (zero rows)")
-    if a.shape[1] == 0 or g.shape[1] == 0:
-        raise ValueError(
-            f"`a` and `g` need at least one column, got shapes {tuple(a.shape)} and {tuple(g.shape)}"
-        )
-    dt = _array.result_dtype(xp, a, g)
-    return xp, _array.astype(a, dt, xp), _array.astype(g, dt, xp)
+    return _validate.check_statistics(a, g, check_finite=check_finite, xp=xp)
 
 
 def square(M: Any, name: str, xp: Any, *, check_finite: bool, size: int | None = None) -> None:
