@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _array, _backend, _validate
-from .brand import _nonnegative
+from .brand import _nonnegative  # the same refusal of negative eigenvalues as the Brand updates
 
 __all__ = ["damped_solve"]
 

@@ -36,7 +36,7 @@ from ..brand import DENSE_FRACTION
 from ..ema import EMAState, _b_update, _correct, _reorthonormalized
 from ..operators import as_operand
 from ..randomized import reigh
-from ..solve import _damped_solve
+from ..solve import _damped_solve  # the validated solve's kernel: the factors are checked when they are made
 from . import _state
 from .config import CurvatureConfig
 from .damping import Spectrum

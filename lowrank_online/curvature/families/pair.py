@@ -21,7 +21,7 @@ import numpy as np
 
 from ... import _array, _linalg
 from ...kronecker import KronSum, kpsvd, tkfac_factors
-from ...solve import _damped_solve
+from ...solve import _damped_solve  # the validated solve's kernel: the factors are checked when they are made
 from .. import _state
 from ..config import CurvatureConfig
 from ..damping import Damping, Spectrum, factor_dampings, factored_squared_norm, squared_norm
