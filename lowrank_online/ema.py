@@ -18,12 +18,10 @@ import array_api_extra as xpx
 
 from . import _array, _backend, _linalg, _validate
 from ._results import EighResult
-# The kernels behind the validated public functions: the tracker validates its inputs once, at
-# its own boundary, and its state is valid by construction.
-from .brand import _dense_regime, _eigh_update
+from .brand import _dense_regime, _eigh_update  # kernels: the tracker validates once, at its boundary
 from .operators import as_operand
 from .randomized import reigh
-from .solve import _damped_solve
+from .solve import _damped_solve  # the validated solve's kernel, for the same reason
 
 __all__ = ["LowRankEMA"]
 
