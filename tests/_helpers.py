@@ -152,6 +152,12 @@ def _load_measure():
     module = importlib.util.module_from_spec(spec)
     sys.modules["_measure"] = module
     spec.loader.exec_module(module)
+    try:
+        import cloudpickle
+    except ImportError:  # pragma: no cover - no Dask either
+        return module
+    # The Dask workers cannot import a module loaded by path: its probes travel by value.
+    cloudpickle.register_pickle_by_value(module)
     return module
 
 
