@@ -1,5 +1,6 @@
-"""The README's commands and the examples keep working (the main-job demo: test_demo.py; the bench
-tables: tests/scripts/test_bench_scripts.py)."""
+"""The README's commands and the examples keep working (the main-job demo: tests/test_demo.py;
+the bench tables: test_bench_scripts.py; the evidence scripts: test_evidence*.py, all in this
+folder but the demo's)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str, timeout: int = 300) -> str:
