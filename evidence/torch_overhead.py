@@ -161,15 +161,11 @@ def _measure_method(name, build, model, x, y, method, repeat, device, rank, t_sg
     grads = _grads(model, kfac.layers)
     kfac.remove()
 
-    # Every layer keeps the method, convolutions included: a batch with more rows than the
-    # factor's width takes the B-update's wide-increment route (one d x d eigendecomposition).
-    layer_methods: dict[str, str] = {}
-
     # Factor update and decomposition: fresh statistics fed to two preconditioners whose inverse
     # work is due on even steps: one at k = 1 (the factor update alone), one at k = 2 (with the
     # inverse work).
     def at(k):
-        pre = KFACPreconditioner(method, T_inv=2, T_brand=2, T_rsvd=2, T_corct=2, layer_methods=layer_methods, **opts)
+        pre = KFACPreconditioner(method, T_inv=2, T_brand=2, T_rsvd=2, T_corct=2, **opts)
         for step in range(k):
             for n, (a, g) in batches[step].items():
                 pre.update(n, a, g)
@@ -198,10 +194,10 @@ def _measure_method(name, build, model, x, y, method, repeat, device, rank, t_sg
     t_dec = t_updt if method in ("bkfac",) else t_inv
     amortised = 1.0 + (stats + factor) / t_updt + decomposition / t_dec + apply + module
     # phases are stored relative to the SGD step: Row.phases * Row.sgd gives seconds
-    row = Row(name, method + (" (auto where N >> d)" if layer_methods else ""), t_sgd,
+    row = Row(name, method, t_sgd,
               {k: v * t_sgd for k, v in phases.items()}, amortised)
     if check_amortised:
-        per_step = _run(build, x, y, method, check_amortised, device, rank, layer_methods)
+        per_step = _run(build, x, y, method, check_amortised, device, rank)
         (unit,) = alternating([sgd], repeat, device)
         row.measured = per_step / unit
     return row
@@ -241,12 +237,12 @@ def _module_overhead(build, model, x, y, repeat, device, rank, sgd) -> float:
     return (max(hooked - bare, 0.0) + max(step - apply, 0.0)) / unit
 
 
-def _run(build, x, y, method, steps, device, rank, layer_methods) -> float:
+def _run(build, x, y, method, steps, device, rank) -> float:
     """Mean time of ``steps`` real steps with the default schedule (starting after step 0)."""
     torch.manual_seed(0)
     model = build().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    kfac = KFAC(model, method, rank=rank, layer_methods=layer_methods)
+    kfac = KFAC(model, method, rank=rank)
 
     def one():
         _fb(model, x, y)

@@ -1,6 +1,6 @@
 """Argument checks and small array helpers shared by the Kronecker toolkit.
 
-They compose the core's :mod:`lowrank_online._array` checks (namespace, device, dtype,
+They compose the core's checks (:mod:`lowrank_online._array`, :mod:`lowrank_online._validate`: namespace, device, dtype,
 finiteness); nothing here re-implements them. Everything uses the row-major convention of
 ``docs/conventions.rst``: ``vec(X)`` is ``reshape(X, (-1,))``, and ``kron(L, R)`` acts as
 ``kron(L, R) @ vec(X) == vec(L @ X @ R.T)``.
@@ -14,14 +14,6 @@ from typing import Any
 from .. import _array, _validate
 
 __all__: list[str] = []  # private module
-
-
-def statistics(a: Any, g: Any, *, check_finite: bool, xp: Any = None) -> tuple[Any, Any, Any]:
-    """Validate per-sample activations ``a`` (N x d_a) and gradients ``g`` (N x d_g).
-
-    Returns ``(xp, a, g)`` with both arrays in their promoted floating dtype.
-    """
-    return _validate.check_statistics(a, g, check_finite=check_finite, xp=xp)
 
 
 def square(M: Any, name: str, xp: Any, *, check_finite: bool, size: int | None = None) -> None:

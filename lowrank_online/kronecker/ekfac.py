@@ -135,7 +135,7 @@ def ekfac_scalings(a: Any, g: Any, basis_g: Any, basis_a: Any, *, check_finite: 
     Array([[18.5,  2. ]], dtype=array_api_strict.float64)
     """
     check_finite = _validate.check_bool(check_finite, "check_finite")
-    xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
+    xp, a, g = _validate.check_statistics(a, g, check_finite=check_finite)
     _array.namespace(("basis_g", basis_g), ("basis_a", basis_a), ("a", a))
     _array.same_device(("basis_g", basis_g), ("basis_a", basis_a), ("a", a))
     _check_bases(basis_g, basis_a, g.shape[1], a.shape[1], xp, check_finite)
@@ -179,7 +179,7 @@ def ekfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> EKFACFactors:
     6.0
     """
     check_finite = _validate.check_bool(check_finite, "check_finite")
-    xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
+    xp, a, g = _validate.check_statistics(a, g, check_finite=check_finite)
     n = a.shape[0]
     be = _backend.precision_of(a, xp)
     bases = []
@@ -251,7 +251,7 @@ def ekfac_update(
     decay = _validate.check_real(decay, "decay", low=0.0, high=1.0)
     if not isinstance(per_sample, bool):
         raise TypeError(f"`per_sample` must be a bool, got {type(per_sample).__name__}")
-    xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
+    xp, a, g = _validate.check_statistics(a, g, check_finite=check_finite)
     _array.namespace(("basis_g", basis_g), ("basis_a", basis_a), ("a", a), ("scalings", scalings))
     _array.same_device(("basis_g", basis_g), ("basis_a", basis_a), ("a", a), ("scalings", scalings))
     d_g, d_a = g.shape[1], a.shape[1]

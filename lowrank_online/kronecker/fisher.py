@@ -100,7 +100,7 @@ class FisherBlockOperator:
         xp: Any = None,
     ) -> None:
         check_finite = _validate.check_bool(check_finite, "check_finite")
-        xp, a, g = _checks.statistics(a, g, check_finite=check_finite, xp=xp)
+        xp, a, g = _validate.check_statistics(a, g, check_finite=check_finite, xp=xp)
         self._xp = xp
         self.a, self.g = a, g
         self.n_samples, self.dim_a = (int(s) for s in a.shape)

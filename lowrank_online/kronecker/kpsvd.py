@@ -56,7 +56,7 @@ def kfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> KronSum:
     (2.0, 5.0)
     """
     check_finite = _validate.check_bool(check_finite, "check_finite")
-    xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
+    xp, a, g = _validate.check_statistics(a, g, check_finite=check_finite)
     left, right = _checks.kfac_pair(a, g, xp)
     return KronSum((left,), (right,))
 

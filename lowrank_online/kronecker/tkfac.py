@@ -132,7 +132,7 @@ def tkfac_factors(a: Any, g: Any, *, check_finite: bool = True) -> TKFACFactors:
     (23.0, 1.0, 1.0)
     """
     check_finite = _validate.check_bool(check_finite, "check_finite")
-    xp, a, g = _checks.statistics(a, g, check_finite=check_finite)
+    xp, a, g = _validate.check_statistics(a, g, check_finite=check_finite)
     n = a.shape[0]
     # Phi and Psi do not depend on the scales of a and g, and delta scales as their squares:
     # a and g are normalised by powers of two (exact) so that |a|^2 |g|^2, a fourth power,
