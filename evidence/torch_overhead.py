@@ -9,7 +9,8 @@ For an MLP 784-W-W-10 (W = 1024, 4096) and a small CNN, batch 256, float32, ever
   factors; nothing for pure ``bkfac``);
 * **decomposition**: what an inverse step adds (``eigh`` for kfac, the randomized EVD for rkfac,
   the B-update for bkfac);
-* **apply**: ``precondition`` of every layer's gradient;
+* **apply**: ``precondition`` of every layer's gradient, as KFAC calls it (in place in its
+  gradient buffer, ``overwrite_grad=True``, its finiteness checked by KFAC);
 * **module**: KFAC's own work per step (hooks on non-statistics steps, reshapes, casts,
   finiteness checks, writing ``.grad``), i.e. ``kfac.step()`` minus ``apply``;
 * **amortised**: ``sgd + (statistics + factor) / T_updt + decomposition / T_inv + apply + module``
@@ -29,22 +30,22 @@ GPU (with synchronisation).
 
 from __future__ import annotations
 
-import os
+# OpenMP's wait policy is left as PyTorch users get it. The other evidence scripts set
+# OMP_WAIT_POLICY=PASSIVE so that PyTorch's idle threads do not spin against NumPy's BLAS pool;
+# in a PyTorch-only run it makes every small parallel region wake its threads: the B-update at
+# W = 1024 (many small products and eigendecompositions) then takes 40 SGD steps instead of 8.6.
+import argparse
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+from _publish import publish, pyplot
+from torch import nn
 
-import argparse  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-
-import torch  # noqa: E402
-from _publish import publish, pyplot  # noqa: E402
-from torch import nn  # noqa: E402
-
-from lowrank_online.curvature import KFACPreconditioner  # noqa: E402
-from lowrank_online.torch import KFAC  # noqa: E402
+from lowrank_online.curvature import KFACPreconditioner
+from lowrank_online.torch import KFAC
 
 DEFAULTS = {"T_updt": 10, "T_inv": 100}
 PHASES = ("statistics", "factor", "decomposition", "apply", "module")
@@ -186,8 +187,9 @@ def _measure_method(name, build, model, x, y, method, repeat, device, rank, t_sg
     # Fewer rounds, no warm-up: kfac's eigh at W = 4096 takes minutes per call on 2 cores.
     full_t, unit = alternating([feeder(pre2, fresh2), sgd], max(1, repeat // 2), device, warmup=False)
     decomposition = max(full_t / unit - factor, 0.0)
-    apply_t, unit = alternating([lambda: [pre2.precondition(n, G) for n, G in grads.items()], sgd], repeat, device)
-    apply = apply_t / unit
+    copy, apply_fn = _applier(pre2, grads)
+    copy_t, apply_t, unit = alternating([copy, apply_fn, sgd], repeat, device)
+    apply = max(apply_t - copy_t, 0.0) / unit
 
     phases = {"statistics": stats, "factor": factor, "decomposition": decomposition, "apply": apply, "module": module}
     t_updt, t_inv = DEFAULTS["T_updt"], DEFAULTS["T_inv"]
@@ -201,6 +203,22 @@ def _measure_method(name, build, model, x, y, method, repeat, device, rank, t_sg
         (unit,) = alternating([sgd], repeat, device)
         row.measured = per_step / unit
     return row
+
+
+def _applier(pre, grads):
+    """``precondition`` as KFAC calls it (in place in a gradient buffer, finiteness checked by
+    the caller), and the copy that refreshes the buffers, to be subtracted."""
+    bufs = {n: torch.empty_like(G) for n, G in grads.items()}
+
+    def copy():
+        for n, G in grads.items():
+            bufs[n].copy_(G)
+
+    def apply():
+        copy()
+        return [pre.precondition(n, bufs[n], check_finite=False, overwrite_grad=True) for n in grads]
+
+    return copy, apply
 
 
 def _module_overhead(build, model, x, y, repeat, device, rank, sgd) -> float:
@@ -226,15 +244,12 @@ def _module_overhead(build, model, x, y, repeat, device, rank, sgd) -> float:
         restore()
         kfac.step()
 
-    def direct():
-        restore()
-        return [pre.precondition(n, G) for n, G in grads.items()]
-
-    hooked, bare, step, apply, unit = alternating(
-        [lambda: _fb(model, x, y), lambda: _fb(twin, x, y), via_module, direct, sgd], repeat, device)
+    copy, apply = _applier(pre, grads)
+    hooked, bare, step, restored, copied, applied, unit = alternating(
+        [lambda: _fb(model, x, y), lambda: _fb(twin, x, y), via_module, restore, copy, apply, sgd], repeat, device)
     restore()
     kfac.remove()
-    return (max(hooked - bare, 0.0) + max(step - apply, 0.0)) / unit
+    return (max(hooked - bare, 0.0) + max((step - restored) - (applied - copied), 0.0)) / unit
 
 
 def _run(build, x, y, method, steps, device, rank) -> float:

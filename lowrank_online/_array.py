@@ -17,6 +17,7 @@ import it), so the layers stay acyclic.
 from __future__ import annotations
 
 import importlib
+import math
 import numbers
 from typing import Any
 
@@ -103,6 +104,23 @@ def is_numpy(xp: Any) -> bool:
     return array_api_compat.is_numpy_namespace(xp)
 
 
+def add_matmul(Y: Any, A: Any, B: Any, xp: Any, *, beta: float = 1.0) -> Any:
+    """``beta Y + A @ B``, accumulated into ``Y`` (which the caller owns: it is overwritten).
+
+    PyTorch on the CPU hands large blocks back to the system when they are freed, so every
+    fresh tall temporary pays its page faults again: a 1024 x 1025 float32 product with a
+    rank-64 inner dimension costs about 2.5 times as much allocated as accumulated, and the
+    scaling rides along (``addmm_``). Other namespaces scale in place and add the product
+    (cached allocators on GPUs).
+    """
+    if array_api_compat.is_torch_namespace(xp):
+        return Y.addmm_(A, B, beta=beta)
+    if beta != 1.0:
+        Y *= beta
+    Y += A @ B
+    return Y
+
+
 def is_strict(xp: Any) -> bool:
     """True for array-api-strict (NumPy underneath: NumPy's BLAS layouts apply)."""
     return getattr(xp, "__name__", "") == "array_api_strict"
@@ -175,6 +193,27 @@ def to_floats(xp: Any, *scalars: Any) -> tuple[float, ...]:
 # --------------------------------------------------------------------------------------------
 # dtypes
 # --------------------------------------------------------------------------------------------
+def all_finite(xp: Any, *arrays: Any) -> bool:
+    """Whether every entry of ``arrays`` is finite: the library's one finiteness test.
+
+    PyTorch and CuPy arrays take max and min, which propagate NaN and carry the infinities:
+    two reductions and no boolean temporary as large as ``x``; PyTorch's
+    ``isfinite(x).all()`` is 3 to 10 times slower on the CPU (about 100 us against 21 us on a
+    320 x 320 core, 330 us against 35 us at 1025 x 320). Everything else (NumPy, whose
+    ``isfinite`` is the faster there, array-api-strict, lazy arrays) takes ``all(isfinite(x))``.
+    """
+    for x in arrays:
+        if not array_api_compat.size(x):
+            continue
+        if array_api_compat.is_torch_array(x) or array_api_compat.is_cupy_array(x):
+            high, low = to_floats(xp, xp.max(x), xp.min(x))
+            if not (math.isfinite(high) and math.isfinite(low)):
+                return False
+        elif not bool(xp.all(xp.isfinite(x))):
+            return False
+    return True
+
+
 def result_dtype(xp: Any, *arrays: Any) -> Any:
     """Floating dtype of a computation over ``arrays``: the standard's type promotion."""
     return xp.result_type(*[a.dtype for a in arrays if a is not None])

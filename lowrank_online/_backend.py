@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _array
-from ._array import astype, column_signs, core_dtype, device, eps, standard_normal
+from ._array import all_finite, astype, column_signs, core_dtype, device, eps, standard_normal
 
 __all__: list[str] = []  # private module
 
@@ -100,7 +100,12 @@ class Backend(Precision):
         whether tall-namespace arrays are finite (no round trip for embedded cores).
     ``column_signs(V)``
         the signs of the library's sign convention (one reduction on a distributed backend).
+    ``in_memory``
+        True here; False for a distributed namespace, whose hooks contract tall arrays by
+        their rows only (a kernel with another layout falls back to one that has it).
     """
+
+    in_memory = True
 
     def matmul(self, a: Any, b: Any) -> Any:
         return a @ b
@@ -139,7 +144,7 @@ class Backend(Precision):
         return x
 
     def all_finite(self, *xs: Any) -> bool:
-        return all(bool(self.xp.all(self.xp.isfinite(x))) for x in xs)
+        return all_finite(self.xp, *xs)
 
     def column_signs(self, V: Any) -> Any:
         return column_signs(V, self.xp)

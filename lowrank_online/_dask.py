@@ -168,6 +168,8 @@ class Backend(InMemoryBackend):
     every small array it fetched or embedded, so no small array is fetched twice.
     """
 
+    in_memory = False
+
     def __init__(self, xp: Any, dev: Any, dtype: Any, *, like: Any = None) -> None:
         super().__init__(xp, dev, dtype, like=like)
         self.cxp = cnp

@@ -65,7 +65,7 @@ class DecompositionError(ArithmeticError):
 
 
 def _finite(xp: Any, *arrays: Any) -> bool:
-    return all(bool(xp.all(xp.isfinite(a))) for a in arrays)
+    return _array.all_finite(xp, *arrays)
 
 
 def symmetrize(M: Any) -> Any:

@@ -10,17 +10,16 @@ import math
 import numbers
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
 from ._array import (
     _FLOAT_NAMES,
+    all_finite,
     astype,
     device,
     eps,
     is_array,
     is_lazy,
-    is_numpy,
     namespace,
     result_dtype,
     same_device,
@@ -131,17 +130,7 @@ def check_finite(x: Any, name: str, xp: Any) -> None:
     """
     if is_lazy(xp):
         return
-    if not array_api_compat.size(x):
-        return
-    if is_numpy(xp):
-        finite = bool(xp.all(xp.isfinite(x)))
-    else:
-        # max and min propagate NaN (and carry +-inf): two reductions and no boolean temporary
-        # as large as x. PyTorch's isfinite and the temporary it allocates are several times
-        # slower on large tensors (docs/performance.rst, the PyTorch path of rsvd / reigh);
-        # NumPy's isfinite is the faster of the two there and is kept.
-        high, low = to_floats(xp, xp.max(x), xp.min(x))
-        finite = math.isfinite(high) and math.isfinite(low)
+    finite = all_finite(xp, x)
     if not finite:
         raise ValueError(f"`{name}` contains NaN or infinity")
 

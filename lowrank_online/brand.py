@@ -324,7 +324,7 @@ def _dense_eigh_update(
         # eps32 |L|), which Brand's core keeps exact on its diagonal.
         B = be.to_core(Q) * cxp.sqrt(be.to_core(L) * decay)[None, :]
         M += B @ B.T
-    if not bool(cxp.all(cxp.isfinite(M))):
+    if not _array.all_finite(cxp, M):
         raise FloatingPointError("the updated matrix overflows")
     lam, U = _linalg.small_eigh(M, cxp)
     # M has rank <= r + n: the eigenpairs beyond are rounding noise, and Brand's update would

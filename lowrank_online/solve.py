@@ -105,27 +105,47 @@ def damped_solve(
 
 
 def _damped_solve(
-    L: Any, Q: Any, X: Any, damping: float, continuation: bool, xp: Any, *, check_finite: bool = True
+    L: Any, Q: Any, X: Any, damping: float, continuation: bool, xp: Any, *, check_finite: bool = True,
+    rows: bool = False, overwrite_x: bool = False,
 ) -> Any:
     """Validated kernel (used by the trackers and preconditioners).
+
+    ``rows=True`` applies the inverse from the right, ``X (Q L Q^T + lambda I)^{-1}`` for ``X``
+    of shape (k, d): the same numbers as ``_damped_solve(..., X.T).T`` without the transposed
+    operands, whose strided reads and writes cost a K-FAC step about three times the two GEMMs
+    (measured on the 1024 x 1025 layer of the MLP benchmark). ``overwrite_x=True``: the caller
+    owns ``X`` and the result may be written into it (no tall temporary in memory).
 
     On a distributed backend X is materialised once (it is read twice), the small ``Q^T X``
     is computed once and checked on the client (``check_finite``), and the result comes back
     persisted, chunked like X.
     """
     be = _backend.backend_of(Q, xp)
+    if rows and not be.in_memory:
+        # the distributed hooks contract tall arrays by their rows only
+        return _damped_solve(L, Q, X.T, damping, continuation, xp, check_finite=check_finite).T
     if continuation and L.shape[0]:
         low = xp.min(L)
         damping = damping + _array.to_floats(xp, low)[0]
         L = L - low
     vector = X.ndim == 1
     if vector:
-        X = X[:, None]
+        X = X[None, :] if rows else X[:, None]
     if check_finite:
         be.watch(("eigenvalues", L), ("eigenvectors", Q), ("X", X))
     X = be.persist(X)
-    # -L / (lambda (L + lambda)), evaluated as a ratio in [0, 1] over lambda: no cancellation
-    # when L << lambda and no overflow of the product at large scales.
+    # X / lambda - Q diag(L / (L + lambda) / lambda) Q^T X: the ratio lies in [0, 1], so there
+    # is no cancellation when L << lambda and no overflow of a product at large scales. In
+    # memory the product accumulates into X / lambda (the output, or X itself with
+    # overwrite_x): no tall temporary.
     coef = -(L / (L + damping)) / damping
-    Y = be.matmul(Q, coef[:, None] * be.small(Q.T @ X)) + X / damping
+    inv = 1.0 / damping
+    if rows or be.in_memory:
+        Y, beta = (X, inv) if overwrite_x else (X * inv, 1.0)
+        if rows:
+            Y = _array.add_matmul(Y, (X @ Q) * coef[None, :], Q.T, xp, beta=beta)
+            return Y[0, :] if vector else Y
+        Y = _array.add_matmul(Y, Q, coef[:, None] * (Q.T @ X), xp, beta=beta)
+        return Y[:, 0] if vector else Y
+    Y = be.matmul(Q, coef[:, None] * be.small(Q.T @ X)) + X * inv
     return be.persist(Y[:, 0] if vector else Y)

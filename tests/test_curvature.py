@@ -10,7 +10,7 @@ import pytest
 from _helpers import asarray, to_np
 
 from lowrank_online import DecompositionError, load_state, reigh, save_state
-from lowrank_online.curvature import KFACPreconditioner, factors, kl_clip_scale
+from lowrank_online.curvature import METHODS, KFACPreconditioner, factors, kl_clip_scale
 
 FAMILY = ["kfac", "rkfac", "bkfac", "brkfac", "bkfacc", "auto"]
 
@@ -96,6 +96,30 @@ def test_factored_application_equals_the_full_step(xp, method):
     full = pre.precondition("fc", asarray(xp, G.T @ A))
     assert Gt.shape == (N, d_g) and At.shape == (N, d_a)
     np.testing.assert_allclose(to_np(Gt).T @ to_np(At), to_np(full), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_in_place_application_equals_the_allocating_one(xp, method):
+    """``overwrite_grad=True`` (what lowrank_online.torch.KFAC uses) gives the same step, and
+    ``check_finite=False`` only skips the check: a NaN gradient then gives a non-finite step."""
+    rng = np.random.default_rng(3)
+    d_a, d_g, N = 11, 7, 9
+    pre = KFACPreconditioner(method, rank=4)
+    for a, g in _stream(rng, 3, N, d_a, d_g):
+        pre.update("fc", asarray(xp, a), asarray(xp, g))
+        pre.step()
+    grad = rng.standard_normal((d_g, d_a))
+    ref = to_np(pre.precondition("fc", asarray(xp, grad)))
+    got = pre.precondition("fc", asarray(xp, grad), overwrite_grad=True, check_finite=False)
+    np.testing.assert_allclose(to_np(got), ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+    bad = grad.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="`grad` contains NaN"):
+        pre.precondition("fc", asarray(xp, bad))
+    assert not np.isfinite(to_np(pre.precondition("fc", asarray(xp, bad), check_finite=False))).all()
+    for flag in ("overwrite_grad", "check_finite"):
+        with pytest.raises(TypeError, match=f"`{flag}` must be True or False"):
+            pre.precondition("fc", asarray(xp, grad), **{flag: "yes"})
 
 
 def test_pure_bkfac_never_allocates_a_d_by_d_matrix():

@@ -225,6 +225,12 @@ def test_damped_solve_on_dask_equals_numpy(client, continuation):
     res1 = damped_solve(_dask(L), _dask(Q), _dask(X)[:, 0], 0.3)
     assert res1.ndim == 1
     _close(to_np(res1.compute()), ref1, "float64")
+    # the kernel's right-hand layout (X M^{-1}, X: k x d) falls back to the row-chunked one
+    from lowrank_online import _array
+    from lowrank_online.solve import _damped_solve
+    dxp = _array.namespace(("X", _dask(X)))
+    rows = _damped_solve(_dask(L), _dask(Q), _dask(X).T, 0.3, continuation, dxp, rows=True, overwrite_x=True)
+    _close(to_np(rows.compute()), ref.T, "float64")
 
 
 def test_low_rank_ema_on_dask_equals_numpy(client):

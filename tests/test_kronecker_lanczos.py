@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lowrank_online import FisherBlockOperator, lanczos_svd, power_svd
+from lowrank_online.kronecker.lanczos import ARRAY_BLOCK_SIZE
 
 SV_TOL = {"float64": 1e-8, "float32": 1e-4}
 
@@ -44,10 +45,13 @@ def _backend_problem(dtype_name):
     return A, U, s
 
 
-def test_lanczos_triplets_on_every_backend(xp, dtype_name):
+@pytest.mark.parametrize("block_size", [1, 3, None])
+def test_lanczos_triplets_on_every_backend(xp, dtype_name, block_size):
     A, U, s = _backend_problem(dtype_name)
-    res = lanczos_svd(asarray(xp, A, dtype_name), 10, tol=1e-9 if dtype_name == "float64" else 1e-5)
-    assert res.converged and res.iterations > 0 and res.n_products == 2 * res.iterations
+    res = lanczos_svd(asarray(xp, A, dtype_name), 10, tol=1e-9 if dtype_name == "float64" else 1e-5,
+                      block_size=block_size)
+    b = ARRAY_BLOCK_SIZE if block_size is None else block_size  # an array's default block
+    assert res.converged and res.iterations > 0 and res.n_products == 2 * b * res.iterations
     np.testing.assert_allclose(to_np(res.S), s[:10], rtol=SV_TOL[dtype_name])
     for out in (res.U, res.S, res.Vh, res.residuals):
         assert_backend(out, xp, dtype_name)
@@ -62,6 +66,52 @@ def test_lanczos_triplets_on_every_backend(xp, dtype_name):
     assert np.linalg.norm(A @ Vn - Un * Sn) <= 100 * scale * s[0]
     true_res = np.linalg.norm(A.T @ Un - Vn * Sn, axis=0)
     assert np.all(true_res <= to_np(res.residuals) + 100 * scale * s[0])
+
+
+@given(k=st.integers(1, 6), b=st.integers(1, 5), restarted=st.booleans(), rank=st.sampled_from([None, 2, 7]),
+       n=st.sampled_from([20, 50]), seed=st.integers(0, 2**32 - 1))
+def test_block_lanczos_matches_numpy_with_restarts_and_breakdowns(k, b, restarted, rank, n, seed):
+    """Blocks of every size, restarted or not, on matrices whose rank may fall below k + b
+    (exact breakdowns inside a block): the singular values of numpy's SVD, orthonormal
+    triplets, and residuals that bound the true ones."""
+    import array_api_compat.numpy as xp
+
+    rng = np.random.default_rng(seed)
+    A = _matrix(rng, 70, n, 0.8, rank=rank)
+    kd = k + 2 * b - 1 if restarted else 40  # at n = 20 some blocks would outgrow A: the dense SVD
+    res = lanczos_svd(xp.asarray(A), k, block_size=b, krylov_dim=kd, tol=1e-10, max_restarts=1000, seed=seed)
+    s = np.linalg.svd(A, compute_uv=False)[:k]
+    assert res.converged
+    np.testing.assert_allclose(res.S, s, rtol=1e-8, atol=1e-12)
+    assert_orthonormal(res.U, "float64")
+    assert_orthonormal(res.Vh.T, "float64")
+    true_res = np.linalg.norm(A.T @ res.U - res.Vh.T * res.S, axis=0)
+    assert np.all(true_res <= res.residuals + 1e-11)
+    assert np.linalg.norm(A @ res.Vh.T - res.U * res.S) <= 1e-11
+
+
+def test_blocks_that_would_outgrow_the_matrix_fall_back_or_shrink(xp):
+    """The right basis holds krylov_dim + block_size vectors of length n: a default block
+    shrinks to fit, an explicit one that cannot fit means the dense SVD."""
+    rng = np.random.default_rng(5)
+    A = _matrix(rng, 12, 10, 0.7)
+    s = np.linalg.svd(A, compute_uv=False)[:3]
+    shrunk = lanczos_svd(asarray(xp, A), 3, krylov_dim=8, tol=1e-12)
+    dense = lanczos_svd(asarray(xp, A), 3, krylov_dim=8, block_size=3, tol=1e-12)
+    assert shrunk.iterations > 0 and shrunk.n_products % (2 * shrunk.iterations) == 0
+    assert dense.iterations == 0
+    for res in (shrunk, dense):
+        np.testing.assert_allclose(to_np(res.S), s, rtol=1e-10)
+
+
+def test_block_lanczos_on_an_operator_equals_the_array_result(xp):
+    a, g = mlp_statistics(n_samples=128)
+    op = FisherBlockOperator(asarray(xp, a), asarray(xp, g))
+    one = lanczos_svd(op, 4, krylov_dim=14, tol=1e-10)
+    blocks = lanczos_svd(op, 4, krylov_dim=14, block_size=3, tol=1e-10)
+    assert one.n_products == 2 * one.iterations and blocks.n_products == 6 * blocks.iterations
+    np.testing.assert_allclose(to_np(blocks.S), to_np(one.S), rtol=1e-9)
+    np.testing.assert_allclose(to_np(blocks.U), to_np(one.U), atol=1e-7)
 
 
 def test_lanczos_restarts_and_agrees_with_a_larger_krylov_space():
@@ -172,6 +222,9 @@ def test_zero_matrix_gives_zero_singular_values(xp):
         ({"k": 3, "v0": np.ones(5)}, ValueError, "`v0` must have 20 entries"),
         ({"k": 3, "v0": np.zeros(20)}, ValueError, "`v0` must be a non-zero vector"),
         ({"k": 3, "seed": -1}, ValueError, "`seed` must be non-negative"),
+        ({"k": 3, "block_size": 0}, ValueError, "`block_size` must be an integer"),
+        ({"k": 3, "block_size": 2.0}, TypeError, "`block_size` must be an integer"),
+        ({"k": 3, "block_size": 4, "krylov_dim": 8}, ValueError, r"`krylov_dim` must be at least .* = 10"),
     ],
 )
 def test_lanczos_rejects_bad_input(xp, kwargs, error, match):

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lowrank_online import damped_solve
+from lowrank_online.solve import _damped_solve
 
 
 @given(d=st.integers(1, 30), data=st.data())
@@ -30,6 +31,31 @@ def test_damped_solve_matches_dense_solve(xp, dtype_name, d, data):
     ref = np.linalg.solve(M, Xc)
     cond = np.linalg.cond(M)
     assert_matrix_close(to_np(got), ref, dtype_name, factor=10 * cond)
+    assert_backend(got, xp, dtype_name)
+
+
+@given(d=st.integers(1, 30), data=st.data())
+def test_kernel_from_the_right_and_in_place_matches_dense_solve(xp, dtype_name, d, data):
+    """The kernel's right-hand layout (``X M^{-1}`` for X: k x d, used for ``grad A^{-1}``) and
+    its in-place variant give the dense solution, for matrices and vectors."""
+    r = data.draw(st.integers(0, d))
+    k = data.draw(st.sampled_from([None, 1, 4]))
+    rows, overwrite = data.draw(st.booleans()), data.draw(st.booleans())
+    continuation = data.draw(st.booleans())
+    damping = data.draw(st.sampled_from([1e-3, 0.1, 1.0, 10.0]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    Q, L = random_basis(rng, d, r), rng.gamma(2.0, size=r)
+    shape = (d,) if k is None else ((k, d) if rows else (d, k))
+    X = rng.standard_normal(shape)
+    Lx, Qx, Xx = (asarray(xp, a, dtype_name) for a in (L, Q, X))
+    got = _damped_solve(Lx, Qx, Xx, damping, continuation, xp, rows=rows, overwrite_x=overwrite)
+    Qc, Lc, Xc = (np.asarray(a, np.dtype(dtype_name)).astype(float) for a in (Q, L, X))
+    M = Qc @ np.diag(Lc) @ Qc.T + damping * np.eye(d)
+    if continuation and r:
+        M += Lc.min() * (np.eye(d) - Qc @ Qc.T)
+    ref = np.linalg.solve(M, Xc.T).T if rows else np.linalg.solve(M, Xc)
+    assert got.shape == X.shape
+    assert_matrix_close(to_np(got), ref, dtype_name, factor=10 * np.linalg.cond(M))
     assert_backend(got, xp, dtype_name)
 
 

@@ -152,6 +152,10 @@ def _scenario_two(rank: int, world: int, folder: str) -> dict:
         "bkfac", torch.float32, rank, world, dist_options=Distributed(comm_dtype=torch.bfloat16)
     )
     out["bkfac-sync"] = _compare("bkfac", torch.float64, rank, world, dist_options=Distributed(async_op=False))
+    # 6 rows per process against factors 3-7 wide: by default most factors travel compressed
+    out["bkfac-rows"] = _compare("bkfac", torch.float64, rank, world, dist_options=Distributed(statistics="rows"))
+    out["kfac-compressed"] = _compare("kfac", torch.float64, rank, world,
+                                      dist_options=Distributed(statistics="compressed"))
     out["failure"] = _failure(rank, world)
     # a checkpoint for the 3-process run: rank 0 saves one state
     model = _model(torch.float64)
@@ -281,12 +285,22 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(two, method, 
     _same(results[0][(method, dtype)]["state"], results[1][(method, dtype)]["state"])
 
 
-@pytest.mark.parametrize("variant", ["kfac-rows", "rkfac-gram", "rkfac-sketch", "kfac-workers", "bkfac-sync"])
+@pytest.mark.parametrize("variant", ["kfac-rows", "rkfac-gram", "rkfac-sketch", "kfac-workers", "bkfac-sync",
+                                     "bkfac-rows", "kfac-compressed"])
 def test_options_keep_the_single_process_result(two, variant):
     _, results = two
     for res in results:
         assert res[variant]["worst"] <= 1e-6, (variant, res[variant]["worst"])
     _same(results[0][variant]["state"], results[1][variant]["state"])
+
+
+def test_compressed_statistics_travel_in_fewer_bytes(two):
+    """A factor whose rows outnumber its width travels as the triangular factor of their QR."""
+    _, results = two
+    for res in results:
+        compressed = res[("bkfac", "torch.float64")]["reports"][-1].statistics_bytes
+        rows = res["bkfac-rows"]["reports"][-1].statistics_bytes
+        assert 0 < compressed < rows, (compressed, rows)
 
 
 def test_grad_workers_send_the_preconditioned_gradients(two):

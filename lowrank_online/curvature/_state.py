@@ -50,17 +50,17 @@ def map_arrays(state: Any, fn: Any) -> Any:
 
 def all_finite(state: Any, xp: Any) -> bool:
     """Whether every array of ``state`` (nested states included) is finite."""
-    flags = []
+    arrays = []
 
     def visit(s: Any) -> None:
         for value in s:
             if _is_state(value):
                 visit(value)
             elif _array.is_array(value) and value.ndim and value.shape[0]:
-                flags.append(xp.all(xp.isfinite(value)))
+                arrays.append(value)
 
     visit(state)
-    return all(bool(f) for f in flags)
+    return _array.all_finite(xp, *arrays)
 
 
 def _parts(hint: Any) -> tuple[Any, bool]:
@@ -133,7 +133,7 @@ def _array_entry(value: Any, key: str, xp: Any, device: Any, dtype: Any, copy: b
         if value.dtype != dtype:
             raise ValueError(f"checkpoint entry {key!r} has dtype {_array.dtype_name(value.dtype)}, "
                              f"expected {_array.dtype_name(dtype)}")
-        if not bool(xp.all(xp.isfinite(value))):
+        if not _array.all_finite(xp, value):
             raise ValueError(f"checkpoint entry {key!r} contains NaN or infinity")
         return value
     host = _array.to_numpy(value)

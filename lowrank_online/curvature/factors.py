@@ -274,10 +274,13 @@ def spectrum(state: FactorState, d: int, rank: int, continuation: bool, xp: Any)
     return Spectrum(top, total, d)
 
 
-def solve(state: FactorState, Y: Any, damping: float, rank: int, continuation: bool, xp: Any) -> Any:
-    """``(M + damping I)^{-1} Y`` with the applied representation (paper 001, Alg. 1 l. 16-17)."""
+def solve(state: FactorState, Y: Any, damping: float, rank: int, continuation: bool, xp: Any, *,
+          rows: bool = False, overwrite: bool = False) -> Any:
+    """``(M + damping I)^{-1} Y`` with the applied representation (paper 001, Alg. 1 l. 16-17);
+    ``rows=True``: ``Y (M + damping I)^{-1}`` for ``Y`` of shape (k, d); ``overwrite=True``: the
+    caller owns ``Y``, which may hold the result."""
     L, Q = applied(state, rank)
-    return _damped_solve(L, Q, Y, damping, continuation, xp)
+    return _damped_solve(L, Q, Y, damping, continuation, xp, rows=rows, overwrite_x=overwrite)
 
 
 def check(state: FactorState, d: int, declared: str, where: str) -> None:

@@ -365,12 +365,12 @@ class KFACPreconditioner:
             raise ValueError(f"no statistics for layer {layer!r} yet: call update({layer!r}, a, g) first")
         return self._layers[layer]
 
-    def _check_grad(self, layer: str, grad: Any, known: _Layer) -> None:
+    def _check_grad(self, layer: str, grad: Any, known: _Layer, *, finite: bool = True) -> None:
         xp = _array.namespace(("grad", grad))
         if xp is not known.xp:
             raise TypeError(f"`grad` is a {_array._namespace_name(xp)} array but layer {layer!r} holds "
                             f"{_array._namespace_name(known.xp)}")
-        _validate.check_array(grad, "grad", xp, ndim=2)
+        _validate.check_array(grad, "grad", xp, ndim=2, finite=finite)
         self._check_known(layer, known, xp, grad, "`grad`")
         if tuple(grad.shape) != (known.d_g, known.d_a):
             raise ValueError(f"`grad` of layer {layer!r} must have shape {(known.d_g, known.d_a)}, "
@@ -631,13 +631,32 @@ class KFACPreconditioner:
             self._layers[layer] = known
         return known, value
 
-    def precondition(self, layer: str, grad: Any) -> Any:
+    def precondition(self, layer: str, grad: Any, *, check_finite: bool = True, overwrite_grad: bool = False) -> Any:
         """The preconditioned step ``F^{-1} grad`` of ``layer``, in the weight's own shape
-        ``d_out x d_in`` (``[W b]`` with the bias gradient as last column)."""
+        ``d_out x d_in`` (``[W b]`` with the bias gradient as last column).
+
+        Parameters
+        ----------
+        layer : str
+            A layer with statistics (see :meth:`update`).
+        grad : array, shape (d_out, d_in)
+            The gradient, in the layer's namespace, device and dtype.
+        check_finite : bool, optional
+            Refuse a ``grad`` that holds NaN or infinity (default True). A caller that has
+            checked already (:class:`lowrank_online.torch.KFAC` does, to skip such steps)
+            saves a pass over the gradient.
+        overwrite_grad : bool, optional
+            Allow the step to be written into ``grad``, whose values are then lost (like
+            SciPy's ``overwrite_b``). The two-sided low-rank solves of the K-FAC family then
+            allocate no ``d_out x d_in`` temporary, which on the CPU costs page faults as well
+            as memory. Default False.
+        """
+        check_finite = _validate.check_bool(check_finite, "check_finite")
+        overwrite_grad = _validate.check_bool(overwrite_grad, "overwrite_grad")
         known = self._layer(layer)
-        self._check_grad(layer, grad, known)
+        self._check_grad(layer, grad, known, finite=check_finite)
         known, value = self._prepared(layer)
-        return known.family.precondition(known.state, grad, value, self.steps)
+        return known.family.precondition(known.state, grad, value, self.steps, overwrite=overwrite_grad)
 
     def precondition_factored(self, layer: str, G: Any, A: Any) -> tuple[Any, Any]:
         """Precondition a gradient given as factors, ``grad = G^T A`` (G: N x d_out, A: N x d_in).

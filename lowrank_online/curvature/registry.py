@@ -70,6 +70,14 @@ class MethodSpec(NamedTuple):
         return self.family == "kfac" and all(kind in ("eigh", "reigh") for kind in self.kinds)
 
     @property
+    def unpaired_rows(self) -> bool:
+        """Whether each factor is kept from its own rows (the K-FAC family): the update depends
+        on the batch's ``a`` and ``g`` only through ``a^T a`` and ``g^T g``, so either may be
+        replaced by rows with the same Gram matrix (another count of rows). EKFAC and the pair
+        and Kronecker-sum families pair each row of ``a`` with its row of ``g``."""
+        return self.family == "kfac"
+
+    @property
     def reads_batch_gradient(self) -> bool:
         """Whether the method's statistic is the batch gradient ``g^T a / N`` of the rows it is fed
         (EKFAC-ra), so that their scale must be the gradient's, not the factors'."""

@@ -87,6 +87,6 @@ def kfac_pair(a: Any, g: Any, xp: Any) -> tuple[Any, Any]:
     with _array.quiet_floating_point():  # an overflow is seen on the result
         left, right = (g.T @ g) / n, (a.T @ a) / n
     for name, side, M in (("g", "E[g g^T]", left), ("a", "E[a a^T]", right)):
-        if not bool(xp.all(xp.isfinite(M))):
+        if not _array.all_finite(xp, M):
             raise ValueError(f"the K-FAC factor {side} overflows {_array.dtype_name(M.dtype)}; rescale `{name}`")
     return left, right

@@ -70,7 +70,7 @@ def _projected_moments(a: Any, g: Any, basis_g: Any, basis_a: Any, xp: Any, *, p
         moments = mean * mean
     with _array.quiet_floating_point():  # an overflow is seen on the result
         moments = _checks.scaled(moments, 2 * (ea + eg))
-    if not bool(xp.all(xp.isfinite(moments))):
+    if not _array.all_finite(xp, moments):
         raise ValueError(
             f"the EKFAC scalings overflow {_array.dtype_name(moments.dtype)} (second moments of |g| |a| about "
             f"2^{ea + eg}); rescale `a` or `g`"

@@ -19,6 +19,12 @@ from ..operators import as_operand
 
 __all__ = ["IterativeSVDResult", "lanczos_svd", "power_svd"]
 
+# Default block size of lanczos_svd on an array (operators: 1). Measured against PROPACK on
+# dense n x n matrices, top 10, tol 1e-6, one thread: time ratios 1.30 / 1.03 / 1.07 (blocks of
+# 1 / 4 / 8) at n = 1000, 1.11 / 0.97 / 0.90 at 2000, 0.92 / 0.77 / 0.75 at 4000, 1.03 / 0.74 /
+# 0.66 at 8000 (see the docstring).
+ARRAY_BLOCK_SIZE = 8
+
 # The tolerance is floored at FLOOR * sqrt(max(m, n)) * eps: the rounding level of a product,
 # below which a residual cannot be driven (float32 would otherwise iterate to max_iter).
 _FLOOR = 10.0
@@ -85,6 +91,17 @@ def _start_vector(v0: Any, n: int, op: Any, rng: Any) -> Any:
     if not nv > 0.0:
         raise ValueError("`v0` must be a non-zero vector")
     return v / nv
+
+
+def _start_block(v: Any, b: int, op: Any, rng: Any) -> Any:
+    """``b`` orthonormal rows: the start vector, then Gaussian rows drawn after it (so that
+    ``b = 1`` draws exactly what the single-vector method draws)."""
+    xq = op.xp
+    if b == 1:
+        return v[None, :]
+    rest = _array.standard_normal(rng, (b - 1, v.shape[0]), op.dtype, xq, op.device)
+    Q, _ = xq.linalg.qr(xq.concat([v[None, :], rest], axis=0).T)
+    return Q.T * 1.0
 
 
 def _vector_products(op: Any) -> tuple[Any, Any]:
@@ -245,6 +262,7 @@ def lanczos_svd(
     k: int,
     *,
     krylov_dim: int | None = None,
+    block_size: int | None = None,
     v0: Any = None,
     tol: float = 1e-6,
     max_restarts: int = 100,
@@ -261,9 +279,21 @@ def lanczos_svd(
     k : int
         Number of triplets, ``1 <= k <= min(m, n)``.
     krylov_dim : int, optional
-        Largest dimension of the Krylov bases before a restart, ``k < krylov_dim``. Default
-        ``max(2k + 10, 20)`` (capped at ``min(m, n)``). Memory is ``krylov_dim (m + n)``
-        entries. When it reaches ``min(m, n)`` the dense SVD is used instead.
+        Largest dimension of the Krylov bases before a restart, at least
+        ``k + 2 block_size - 1``. Default ``max(2k + 10, 20, k + 2 block_size - 1)`` (capped at
+        ``min(m, n)``). Memory is ``(krylov_dim + block_size)(m + n)`` entries. When
+        ``krylov_dim + block_size`` exceeds ``min(m, n)`` the dense SVD is used instead.
+    block_size : int, optional
+        Vectors added to each basis per step (block Golub-Kahan-Lanczos), at most
+        ``(krylov_dim - k + 1) / 2`` (the default is reduced to fit). A step then costs
+        one product of ``A`` and one of ``A^T`` with ``block_size`` columns, which on a dense
+        matrix too large for the cache takes little more time than one with a single vector
+        (the matrix is read once): fewer steps, more products, less time. Default 8 for an
+        array (0.66x PROPACK's time at n = 8000 and 0.75x at 4000, where single vectors take
+        1.03x and 0.92x; 0.9-1.07x at n = 1000-2000, see Notes) and 1 for an operator, whose products with
+        blocks may cost as much per column as with vectors (a Fisher operator, or a
+        ``LinearOperator`` whose BLAS multiplies narrow blocks slowly: OpenBLAS's
+        ``A @ X`` with 4 columns takes 2.5x a GEMV).
     v0 : array, shape (n,), optional
         Start vector (warm start: e.g. a combination of previous right singular vectors,
         paper 002 Sec. 3.2.2). Default: a Gaussian vector drawn from ``seed``.
@@ -316,6 +346,15 @@ def lanczos_svd(
     are reproducible on every backend. An exact breakdown (an invariant subspace) continues
     with a random vector orthogonal to the basis.
 
+    With ``block_size = b > 1`` each step adds ``b`` vectors to each basis: the block is made
+    orthonormal by a QR decomposition whose triangular factor is ``B``'s diagonal block (``B``
+    is then block upper triangular, banded between restarts), and the residual of a Ritz
+    triplet is ``|R_z x_i[last block]|`` with ``R_z`` the next right block's triangular factor;
+    everything else is as above, with GEMMs in place of GEMVs. A block method needs more
+    products but fewer steps (13 steps of 4 or 11 of 8 columns against 30 vectors on the
+    benchmark above; small blocks do well in practice, Chen, Epperly, Meyer, Musco and Rao
+    2025), and a dense product with ``b`` columns costs far less than ``b`` with one.
+
     Cost per step: one product with ``A`` and one with ``A^T`` (``4 m n`` flops for a dense A;
     ``O(N (d_a^2 + d_g^2))`` for a Fisher operator), ``8 j (m + n)`` flops of
     re-orthogonalisation and an ``O(j^3)`` SVD; per restart ``2 j k' (m + n)`` flops of GEMM.
@@ -347,18 +386,30 @@ def lanczos_svd(
     if p == 0:
         raise ValueError(f"`A` has a zero dimension (shape {op.shape}); there is nothing to decompose")
     k = _validate.check_int(k, "k", minimum=1, maximum=p)
+    if block_size is None:
+        b = ARRAY_BLOCK_SIZE if op.is_array else 1
+    else:
+        b = _validate.check_int(block_size, "block_size", minimum=1)
+    b = min(b, p)
     if krylov_dim is None:
-        kd = min(p, max(2 * k + 10, 20))
+        kd = min(p, max(2 * k + 10, 20, k + 2 * b - 1))
     else:
         # Validated for k = min(m, n) too, where any krylov_dim >= k means the dense SVD.
         kd = min(_validate.check_int(krylov_dim, "krylov_dim", minimum=min(k + 1, p)), p)
+        if block_size is None:
+            b = max(1, min(b, (kd - k + 1) // 2))  # the largest default block that fits
+        if kd < min(k + 2 * b - 1, p):
+            raise ValueError(f"`krylov_dim` must be at least k + 2 block_size - 1 = {k + 2 * b - 1} (a thick "
+                             f"restart keeps k + (krylov_dim - k) // 2 vectors and adds a block), got {krylov_dim}")
     tol = _validate.check_real(tol, "tol", low=0.0)
     max_restarts = _validate.check_int(max_restarts, "max_restarts", minimum=0)
     rng = _array.as_generator(seed)
     v = _start_vector(v0, n, op, rng)
-    if kd >= p:
+    if block_size is None and kd < p:
+        b = min(b, p - kd)  # the right basis holds krylov_dim + b vectors of length n
+    if kd + b > p:
         return _dense_svd(op, k)
-    return _lanczos(op, k, kd, v, tol, max_restarts, rng)
+    return _lanczos(op, k, kd, b, _start_block(v, b, op, rng), tol, max_restarts, rng)
 
 
 def _dense_svd(op: Any, k: int) -> IterativeSVDResult:
@@ -384,7 +435,47 @@ def _orthogonal_random(rng: Any, basis: Any, size: int, op: Any) -> Any:
     return r / _norm(r, xq)
 
 
-def _lanczos(op: Any, k: int, kd: int, v: Any, tol: float, max_restarts: int, rng: Any) -> IterativeSVDResult:
+def _block_products(op: Any, b: int) -> tuple[Any, Any]:
+    """``Vb -> (A Vb^T)^T`` and ``Ub -> (A^T Ub^T)^T`` on blocks of ``b`` rows (the bases are
+    stored as rows); one GEMV per product for ``b = 1`` (see :func:`_vector_products`)."""
+    if b == 1:
+        matvec, rmatvec = _vector_products(op)
+        return (lambda V: matvec(V[0, :])[None, :]), (lambda U: rmatvec(U[0, :])[None, :])
+    if op.is_array:
+        A = op.array
+        return (lambda V: V @ A.T), (lambda U: U @ A)
+    return (lambda V: op.matmat(V.T).T), (lambda U: op.rmatmat(U.T).T)
+
+
+def _orthonormal_rows(W: Any, basis: Any, rng: Any, level: float, op: Any) -> tuple[Any, Any]:
+    """``W^T = Q^T R`` with orthonormal rows ``Q`` (b x d), ``W`` already orthogonal to the
+    rows of ``basis``: the QR decomposition of ``W^T`` (the norm for one row).
+
+    A row whose diagonal entry of ``R`` is at most ``level`` is an exact breakdown: its row of
+    ``Q`` (a noise direction, not reliably orthogonal to ``basis``) is replaced by a random
+    unit vector orthogonal to ``basis`` and to the other rows, and its entries of ``R`` are
+    kept (rounding-level numbers, so ``W^T = Q^T R`` still holds to that level).
+    """
+    xq = op.xp
+    b, d = W.shape
+    if b == 1:
+        nrm = _norm(W[0, :], xq)
+        R = xq.asarray([[nrm]], dtype=op.dtype, device=op.device)
+        if nrm <= level:
+            return _orthogonal_random(rng, basis, d, op)[None, :], R
+        return W / nrm, R
+    Q, R = xq.linalg.qr(W.T)
+    Q = Q.T * 1.0
+    diag = _array.to_floats(xq, *(R[i, i] for i in range(b)))
+    for i, r in enumerate(diag):
+        if abs(r) <= level:
+            others = xq.concat([basis, Q[:i, :], Q[i + 1:, :]], axis=0)
+            Q[i, :] = _orthogonal_random(rng, others, d, op)
+    return Q, R
+
+
+def _lanczos(op: Any, k: int, kd: int, b: int, V0: Any, tol: float, max_restarts: int,
+             rng: Any) -> IterativeSVDResult:
     xq = op.xp
     m, n = op.shape
     be = _backend.Precision(xq, op.device, op.dtype)
@@ -393,70 +484,70 @@ def _lanczos(op: Any, k: int, kd: int, v: Any, tol: float, max_restarts: int, rn
     # A new Lanczos vector at this level (relative to |A|) is rounding noise: an exact breakdown.
     breakdown = math.sqrt(max(m, n)) * be.eps
     keep = k + (kd - k) // 2
-    matvec, rmatvec = _vector_products(op)
+    forward, backward = _block_products(op, b)
     # Bases stored as rows, so that the active part of each is one contiguous block and the
-    # projections are plain GEMVs.
-    Vt = xq.zeros((kd + 1, n), dtype=op.dtype, device=op.device)
+    # projections are plain GEMVs (GEMMs with b columns for blocks).
+    Vt = xq.zeros((kd + b, n), dtype=op.dtype, device=op.device)
     Ut = xq.zeros((kd, m), dtype=op.dtype, device=op.device)
     B = be.zeros((kd, kd))
-    Vt[0, :] = v
+    Vt[:b, :] = V0
     j = 0
     restarts = steps = products = 0
     anorm = 0.0
     converged = False
     while True:
-        # ---- step j: w = A v_j against U_j, then z = A^T u_j against V_{j+1}
-        w = matvec(Vt[j, :])
+        # ---- one step: W = A V_j against U, then Z = A^T U_j against V (b rows each). Both
+        # bases are re-orthogonalised in full, twice ("twice is enough"); the left pass's
+        # coefficients are B's column block, so A V = U B holds to rounding.
+        W = forward(Vt[j:j + b, :])
         if j > 0:
             Uj = Ut[:j, :]
-            h = Uj @ w
-            w = w - Uj.T @ h
-            h2 = Uj @ w
-            w = w - Uj.T @ h2
-            B[:j, j] = be.to_core(h + h2)
-        alpha = _norm(w, xq)
-        anorm = max(anorm, alpha)
-        if alpha <= breakdown * anorm:
-            u = _orthogonal_random(rng, Ut[:j, :], m, op)
-        else:
-            u = w / alpha
-        Ut[j, :] = u
-        B[j, j] = alpha
-        z = rmatvec(u)
-        Vj = Vt[: j + 1, :]
+            H = Uj @ W.T
+            W = W - H.T @ Uj
+            H2 = Uj @ W.T
+            W = W - H2.T @ Uj
+            B[:j, j:j + b] = be.to_core(H + H2)
+        anorm = max(anorm, _norm(xq.reshape(W, (-1,)), xq))
+        Ub, R = _orthonormal_rows(W, Ut[:j, :], rng, breakdown * anorm, op)
+        Ut[j:j + b, :] = Ub
+        B[j:j + b, j:j + b] = be.to_core(R)
+        Z = backward(Ub)
+        Vj = Vt[: j + b, :]
         for _ in range(2):
-            z = z - Vj.T @ (Vj @ z)
-        beta = _norm(z, xq)
-        anorm = max(anorm, beta)
-        if beta <= breakdown * anorm:
-            Vt[j + 1, :] = _orthogonal_random(rng, Vj, n, op)
-            beta = 0.0  # A^T u_j lies in span(V): the residual is zero
-        else:
-            Vt[j + 1, :] = z / beta
-        j += 1
+            Z = Z - (Z @ Vj.T) @ Vj
+        anorm = max(anorm, _norm(xq.reshape(Z, (-1,)), xq))
+        Vb, Rz = _orthonormal_rows(Z, Vj, rng, breakdown * anorm, op)
+        Rz = be.to_core(Rz)
+        # A^T U_j along a broken-down row lies in span(V): that part of the residual is zero
+        small = cxp.abs(cxp.linalg.diagonal(Rz)) <= breakdown * anorm
+        Rz = cxp.where(small[:, None], cxp.zeros_like(Rz), Rz)
+        Vt[j + b: j + 2 * b, :] = Vb
+        j += b
         steps += 1
-        products += 2
+        products += 2 * b
         if j < k:
             continue
-        # ---- Ritz triplets and residuals from the small SVD (no products)
+        # ---- Ritz triplets and residuals from the small SVD (no products). With
+        # A^T U = V B^T + V_next Rz E^T (E: the last block of columns),
+        # |A^T u_i - s_i v_i| = |Rz X[last block, i]|.
         X, s, Yh = _linalg.small_svd(B[:j, :j], cxp)
         s_top = float(s[0])
         anorm = max(anorm, s_top)
-        res = beta * cxp.abs(X[j - 1, :k])
+        res = cxp.linalg.vector_norm(Rz @ X[j - b:j, :k], axis=0)
         limit = cxp.clip(tol * s[:k], min=floor * s_top)
         if bool(cxp.all(res <= limit)):
             converged = True
             break
-        if j < kd:
+        if j + b <= kd:
             continue
         if restarts >= max_restarts:
             break
-        # ---- thick restart: keep `keep` Ritz pairs and the next Lanczos vector
+        # ---- thick restart: keep `keep` Ritz pairs and the next Lanczos block
         restarts += 1
         Ut[:keep, :] = be.from_core(X[:, :keep].T) @ Ut[:j, :]
-        Vnext = Vt[j, :] * 1.0
+        Vnext = Vt[j:j + b, :] * 1.0
         Vt[:keep, :] = be.from_core(Yh[:keep, :]) @ Vt[:j, :]
-        Vt[keep, :] = Vnext
+        Vt[keep:keep + b, :] = Vnext
         B = be.zeros((kd, kd))
         B[:keep, :keep] = xpx.create_diagonal(s[:keep], xp=cxp)
         j = keep
@@ -468,6 +559,7 @@ def _lanczos(op: Any, k: int, kd: int, v: Any, tol: float, max_restarts: int, rn
             RuntimeWarning,
             stacklevel=3,
         )
+
     U = Ut[:j, :].T @ be.from_core(X[:, :k])
     Vh = be.from_core(Yh[:k, :]) @ Vt[:j, :]
     U, S, Vh = _flip(U, be.from_core(s[:k]), Vh, xq)

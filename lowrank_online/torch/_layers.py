@@ -122,7 +122,9 @@ class LayerAdapter:
         w = self.module.weight
         n_w = self.d_in - (1 if self.has_bias else 0)
         with torch.no_grad():
-            w.grad.copy_(self._matrix_as_weight(step[:, :n_w]))
+            src = self._matrix_as_weight(step[:, :n_w])
+            if src.data_ptr() != w.grad.data_ptr():  # a step made in place in .grad is there already
+                w.grad.copy_(src)
             if self.has_bias and self.module.bias.grad is not None:
                 self.module.bias.grad.copy_(step[:, n_w])
 

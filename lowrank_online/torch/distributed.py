@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Distributed", "StepReport", "assign_owners"]
 
-STATISTICS = ("rows", "gram")
+STATISTICS = ("rows", "gram", "compressed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +66,19 @@ class Distributed:
         ``torch.bfloat16`` (half the bytes; every process, the sender included, then uses the
         rounded statistics, so the factors stay identical). Decompositions always travel in the
         factors' dtype (eigenvectors rounded to bf16 are not orthonormal).
-    statistics : {None, "rows", "gram"}
-        What travels for the methods that can take either (kfac, rkfac): None (default) picks
+    statistics : {None, "rows", "gram", "compressed"}
+        What travels. For the methods that can take either (kfac, rkfac), None (default) picks
         the fewer bytes per layer, ``N (d_a + d_g)`` rows against ``d_a^2 + d_g^2`` Gram
-        entries; ``"gram"`` forces the Gram all-reduce for them, ``"rows"`` the all-gather.
-        Methods that need rows always gather rows.
+        entries; ``"gram"`` forces the Gram all-reduce for them. The other methods of the
+        K-FAC family (the B-methods, ``auto``) maintain each factor from its own rows, so by
+        default (and with ``"compressed"``, which extends it to kfac and rkfac) a process whose
+        ``N`` rows of ``a`` outnumber their width ``d_a`` sends instead the ``d_a x d_a``
+        triangular factor ``R`` of their QR decomposition (``R^T R = a^T a``), and likewise for
+        ``g``: the gathered blocks have the Gram matrix of the concatenated batch, so the
+        B-update is the one of that batch up to rounding, for ``min(N, d)`` rows per factor
+        and process (convolutions' patch rows, sequence positions). ``"rows"`` gathers the
+        rows as they are. Methods whose statistics pair each row of ``a`` with its row of
+        ``g`` (EKFAC, the pair and Kronecker-sum families) always gather rows.
     async_op : bool
         Issue each step's collectives together as asynchronous work and wait once (default
         True); False waits on each one (for debugging).
@@ -316,6 +324,8 @@ class Session:
                 return Gram(A, total), Gram(G, total)
 
             return finish
+        if self._compresses(name, rows_per_rank):
+            return self._exchange_compressed(a, g, rows_per_rank, total, work)
         most = max(rows_per_rank)
         buf = torch.zeros((most, d_a + d_g), dtype=comm, device=self.device)
         n = a.shape[0]
@@ -326,6 +336,47 @@ class Session:
         def finish() -> tuple[Any, Any]:
             rows = torch.cat([p[:r] for p, r in zip(parts, rows_per_rank, strict=True)]).to(dt)
             return rows[:, :d_a].contiguous(), rows[:, d_a:].contiguous()
+
+        return finish
+
+    def _compresses(self, name: str, rows_per_rank: list[int]) -> bool:
+        """Whether the layer's factors travel as triangular factors (some process has more rows
+        than a factor is wide, and the method keeps each factor from its own rows)."""
+        if self.options.statistics not in (None, "compressed"):
+            return False
+        spec = registry.lookup(self.kfac._pre.method_of(name))
+        if not spec.unpaired_rows or (spec.takes_gram and self.options.statistics is None):
+            return False
+        d_a, d_g = _widths(self.kfac._adapters[name])
+        return any(n > min(d_a, d_g) for n in rows_per_rank)
+
+    def _exchange_compressed(self, a: Any, g: Any, rows_per_rank: list[int], total: int, work: _Work) -> Any:
+        """All-gather, per factor, each process's rows or, where they outnumber the width, the
+        triangular factor of their QR decomposition (same Gram matrix, ``min(N, d)`` rows).
+
+        The preconditioner averages ``X^T X / n`` over the rows it is given: the two gathered
+        blocks are padded with zero rows to one count ``k`` and scaled by ``sqrt(k / N)``,
+        which gives back ``a^T a / N`` and ``g^T g / N`` of the concatenated batch exactly.
+        """
+        kfac = self.kfac
+        dt = kfac.factor_dtype
+        comm = self.options.comm_dtype or dt
+        d_a, d_g = a.shape[1], g.shape[1]
+        ka = [min(n, d_a) for n in rows_per_rank]
+        kg = [min(n, d_g) for n in rows_per_rank]
+        ra, rg = _triangular(a), _triangular(g)
+        offset = max(ka) * d_a
+        buf = torch.zeros(offset + max(kg) * d_g, dtype=comm, device=self.device)
+        buf[: ra.numel()] = ra.reshape(-1)
+        buf[offset: offset + rg.numel()] = rg.reshape(-1)
+        parts = self.all_gather(buf, work)
+
+        def finish() -> tuple[Any, Any]:
+            A = torch.cat([p[: n * d_a].reshape(n, d_a) for p, n in zip(parts, ka, strict=True)]).to(dt)
+            G = torch.cat([p[offset: offset + n * d_g].reshape(n, d_g) for p, n in zip(parts, kg, strict=True)]).to(dt)
+            k = max(A.shape[0], G.shape[0])
+            scale = math.sqrt(k / total)
+            return _padded(A, k) * scale, _padded(G, k) * scale
 
         return finish
 
@@ -495,6 +546,21 @@ def _unflatten(spec: Any, shapes: list[tuple[int, ...]], buf: torch.Tensor) -> A
         return v[1]
 
     return walk(spec)
+
+
+def _triangular(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself, or when it has more rows than columns the ``d x d`` factor ``R`` of its QR
+    decomposition (``R^T R = x^T x`` up to rounding, backward stable where ``chol(x^T x)``
+    would square the condition number)."""
+    if x.shape[0] <= x.shape[1]:
+        return x
+    return torch.linalg.qr(x, mode="r").R
+
+
+def _padded(x: torch.Tensor, k: int) -> torch.Tensor:
+    if x.shape[0] == k:
+        return x
+    return torch.cat([x, x.new_zeros(k - x.shape[0], x.shape[1])])
 
 
 def _widths(adapter: Any) -> tuple[int, int]:

@@ -750,6 +750,10 @@ class KFAC:
         names, grads, steps = [], [], []
         nonfinite = []
         workers = None if self._dist is None else self._dist.workers(list(self._adapters))
+        # The gradient matrices are the adapters' buffers or views of .grad, which receive the
+        # steps anyway: the solves may work in them, unless KL-clipping or the damping's
+        # quadratic model still needs the gradients after the steps are made.
+        overwrite = self.kl_clip is None and self._pre.config.damping_adaptation != "lm"
         for name, adapter in self._adapters.items():
             G = adapter.grad_matrix()
             if G is None:
@@ -767,7 +771,8 @@ class KFAC:
             names.append(name)
             grads.append(G)
             if self._dist is None or self._dist.rank in workers[name]:
-                steps.append(self._pre.precondition(name, G))
+                # finiteness was checked just above (_finite_gram), more strictly
+                steps.append(self._pre.precondition(name, G, check_finite=False, overwrite_grad=overwrite))
             else:
                 steps.append(None)
         if self._dist is not None:

@@ -30,8 +30,10 @@ class Family(NamedTuple):
         it; the identity elsewhere), so that ``precondition`` only applies;
     ``dampings(state, damping, step) -> tuple``
         the damping of each factor under the configured mode (:mod:`..damping`);
-    ``precondition(state, grad, damping, step) -> step``
-        ``F^{-1} grad`` in the weight's ``d_out x d_in`` layout;
+    ``precondition(state, grad, damping, step, overwrite=False) -> step``
+        ``F^{-1} grad`` in the weight's ``d_out x d_in`` layout; ``overwrite=True``: the
+        caller owns ``grad``, which may hold the step (the two-sided solves then allocate no
+        ``d_out x d_in`` temporary);
     ``precondition_factored(state, G, A, damping, step) -> (G~, A~)``
         ``step = G~^T A~`` for ``grad = G^T A`` (paper 001, Alg. 8 where the family has two
         factors; ``(I, step)`` otherwise);

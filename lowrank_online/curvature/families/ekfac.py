@@ -103,7 +103,7 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
         return factor_dampings(config.damping_mode, damping.value, [Spectrum(top, total, d_g * d_a)],
                                floor=config.min_damping, total_floor=damping.floor(grad_sq))
 
-    def precondition(state: EKFACState, grad: Any, damping: Damping, step: int) -> Any:
+    def precondition(state: EKFACState, grad: Any, damping: Damping, step: int, overwrite: bool = False) -> Any:
         (lam,) = dampings(state, damping, step, squared_norm(grad, xp) if damping.gradient else 0.0)
         return ekfac_solve(grad, state.scalings, state.G.eigenvectors, state.A.eigenvectors, damping=lam,
                            check_finite=False)

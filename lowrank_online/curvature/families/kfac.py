@@ -71,17 +71,18 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
         return factor_dampings(config.damping_mode, damping.value, spectra, floor=config.min_damping,
                                total_floor=damping.floor(grad_sq))
 
-    def precondition(state: KFACState, grad: Any, damping: Damping, step: int) -> Any:
+    def precondition(state: KFACState, grad: Any, damping: Damping, step: int, overwrite: bool = False) -> Any:
         lam_a, lam_g = dampings(state, damping, step, squared_norm(grad, xp) if damping.gradient else 0.0)
         r, c = config.rank_at(step), config.continuation
-        right = factors.solve(state.A, grad.T, lam_a, r, c, xp).T  # grad A^{-1}
-        return factors.solve(state.G, right, lam_g, r, c, xp)  # Gamma^{-1} grad A^{-1}
+        right = factors.solve(state.A, grad, lam_a, r, c, xp, rows=True, overwrite=overwrite)  # grad A^{-1}
+        return factors.solve(state.G, right, lam_g, r, c, xp, overwrite=True)  # Gamma^{-1} grad A^{-1}
 
     def precondition_factored(state: KFACState, G: Any, A: Any, damping: Damping, step: int) -> tuple[Any, Any]:
         # Alg. 8: (Gamma^{-1} G^T)(A A^{-1}): each factor O(r d N), never d_out x d_in.
         lam_a, lam_g = dampings(state, damping, step, factored_squared_norm(G, A, xp) if damping.gradient else 0.0)
         r, c = config.rank_at(step), config.continuation
-        return (factors.solve(state.G, G.T, lam_g, r, c, xp).T, factors.solve(state.A, A.T, lam_a, r, c, xp).T)
+        return (factors.solve(state.G, G, lam_g, r, c, xp, rows=True),
+                factors.solve(state.A, A, lam_a, r, c, xp, rows=True))
 
     def describe(state: KFACState, step: int) -> dict[str, Any]:
         r = config.rank_at(step)

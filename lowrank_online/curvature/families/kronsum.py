@@ -149,7 +149,7 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
         # a failed rebuild keeps the old solver, marked current so that it is not retried per step
         return state._replace(solver=solver._replace(damping_left=lam_l, damping_right=lam_r, n_inv=state.n_inv))
 
-    def precondition(state: KronSumState, grad: Any, damping: Damping, step: int) -> Any:
+    def precondition(state: KronSumState, grad: Any, damping: Damping, step: int, overwrite: bool = False) -> Any:
         lam_r, lam_l = dampings(state, damping, step, squared_norm(grad, xp) if damping.gradient else 0.0)
         s = state.solver if _current(state, lam_r, lam_l) else _solver_or_previous(state, lam_r, lam_l)
         K1, K2 = s.basis_left, s.basis_right

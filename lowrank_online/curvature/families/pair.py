@@ -106,15 +106,16 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
         return factor_dampings(config.damping_mode, damping.value, spectra, floor=config.min_damping,
                                total_floor=damping.floor(grad_sq))
 
-    def precondition(state: PairState, grad: Any, damping: Damping, step: int) -> Any:
+    def precondition(state: PairState, grad: Any, damping: Damping, step: int, overwrite: bool = False) -> Any:
         lam_r, lam_l = dampings(state, damping, step, squared_norm(grad, xp) if damping.gradient else 0.0)
-        right = _damped_solve(state.right_values, state.right_vectors, grad.T, lam_r, False, xp).T
-        return _damped_solve(state.left_values, state.left_vectors, right, lam_l, False, xp)
+        right = _damped_solve(state.right_values, state.right_vectors, grad, lam_r, False, xp, rows=True,
+                              overwrite_x=overwrite)
+        return _damped_solve(state.left_values, state.left_vectors, right, lam_l, False, xp, overwrite_x=True)
 
     def precondition_factored(state: PairState, G: Any, A: Any, damping: Damping, step: int) -> tuple[Any, Any]:
         lam_r, lam_l = dampings(state, damping, step, factored_squared_norm(G, A, xp) if damping.gradient else 0.0)
-        G_t = _damped_solve(state.left_values, state.left_vectors, G.T, lam_l, False, xp).T
-        A_t = _damped_solve(state.right_values, state.right_vectors, A.T, lam_r, False, xp).T
+        G_t = _damped_solve(state.left_values, state.left_vectors, G, lam_l, False, xp, rows=True)
+        A_t = _damped_solve(state.right_values, state.right_vectors, A, lam_r, False, xp, rows=True)
         return G_t, A_t
 
     def describe(state: PairState, step: int) -> dict[str, Any]:
