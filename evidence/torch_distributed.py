@@ -13,6 +13,11 @@ inverse step every step (``T_updt = T_inv = 1``: the communication-heaviest sche
 * **idle ranks/step**: processes that computed no decomposition, averaged over the steps;
 * **max rel. diff.**: of the preconditioned gradients against the one-process run.
 
+A method may name what its statistics travel as after a colon (``--methods bkfac bkfac:rows``
+compares the default, where a factor whose rows per process outnumber its width travels as the
+triangular factor of their QR, with the plain row all-gather; give ``--batch`` above twice the
+widths for every factor to compress).
+
 ``python evidence/torch_distributed.py`` regenerates ``docs/evidence/distributed_table.rst`` (about a
 minute on 2 cores); ``--quick`` runs tiny sizes in seconds and writes nothing unless
 ``--output-dir`` is given. On a shared machine timings are noisy: compare ratios.
@@ -39,7 +44,7 @@ import torch.distributed as dist  # noqa: E402
 from _publish import publish  # noqa: E402
 from torch import nn  # noqa: E402
 
-from lowrank_online.torch import KFAC  # noqa: E402
+from lowrank_online.torch import KFAC, Distributed  # noqa: E402
 
 METHODS = ("kfac", "rkfac", "bkfac", "ekfac")
 
@@ -55,12 +60,16 @@ def _batch(step: int, batch: int, d_in: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _run(method: str, args: argparse.Namespace, rank: int, world: int) -> dict:
-    """Train ``args.steps`` steps; every process runs its shard (world 1: the whole batch)."""
+    """Train ``args.steps`` steps; every process runs its shard (world 1: the whole batch).
+
+    ``method`` may name what travels after a colon, ``"bkfac:rows"`` for
+    ``Distributed(statistics="rows")`` (the uncompressed all-gather)."""
+    method, _, what = method.partition(":")
     model = _model(args.width, args.d_in)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         kfac = KFAC(model, method, fisher="empirical", T_updt=1, T_inv=1, rank=args.rank, damping=0.1,
-                    distributed=world > 1)
+                    distributed=(Distributed(statistics=what or None) if world > 1 else None))
     n = args.batch // world
     times, grads, reports = [], [], []
     for step in range(args.steps + 1):

@@ -122,6 +122,36 @@ def test_in_place_application_equals_the_allocating_one(xp, method):
             pre.precondition("fc", asarray(xp, grad), **{flag: "yes"})
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_column_blocks_give_the_step_of_the_whole_gradient(xp, method):
+    """precondition_blocks on [W b] given as W and b (what lowrank_online.torch.KFAC passes)
+    equals precondition of the assembled matrix; the K-FAC family writes into the blocks."""
+    rng = np.random.default_rng(4)
+    d_a, d_g, N = 11, 7, 9
+    pre = KFACPreconditioner(method, rank=4)
+    for a, g in _stream(rng, 3, N, d_a, d_g):
+        pre.update("fc", asarray(xp, a), asarray(xp, g))
+        pre.step()
+    grad = rng.standard_normal((d_g, d_a))
+    ref = to_np(pre.precondition("fc", asarray(xp, grad)))
+    blocks = [asarray(xp, grad[:, :8]), asarray(xp, grad[:, 8:10]), asarray(xp, grad[:, 10:])]
+    out = pre.precondition_blocks("fc", blocks)
+    got = np.concatenate([to_np(Y) for Y in out], axis=1)
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+    if method in ("kfac", "rkfac", "bkfac", "brkfac", "bkfacc", "auto"):
+        np.testing.assert_allclose(np.concatenate([to_np(X) for X in blocks], axis=1), got, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="11 columns in all"):
+        pre.precondition_blocks("fc", [asarray(xp, grad[:, :5])])
+    with pytest.raises(ValueError, match=r"`blocks\[1\]` of layer 'fc' must have 7 rows"):
+        pre.precondition_blocks("fc", [asarray(xp, grad[:, :5]), asarray(xp, np.ones((6, 6)))])
+    with pytest.raises(TypeError, match="`blocks` must be a non-empty list"):
+        pre.precondition_blocks("fc", asarray(xp, grad))
+    bad = grad.copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"`blocks\[0\]` contains NaN"):
+        pre.precondition_blocks("fc", [asarray(xp, bad)])
+
+
 def test_pure_bkfac_never_allocates_a_d_by_d_matrix():
     import array_api_compat.numpy as xp
 

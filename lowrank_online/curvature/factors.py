@@ -36,7 +36,7 @@ from ..brand import DENSE_FRACTION
 from ..ema import EMAState, _b_update, _correct, _reorthonormalized
 from ..operators import as_operand
 from ..randomized import reigh
-from ..solve import _damped_solve  # the validated solve's kernel: the factors are checked when they are made
+from ..solve import _damped_solve, _damped_solve_blocks  # the validated kernels: the factors are checked when made
 from . import _state
 from .config import CurvatureConfig
 from .damping import Spectrum
@@ -281,6 +281,13 @@ def solve(state: FactorState, Y: Any, damping: float, rank: int, continuation: b
     caller owns ``Y``, which may hold the result."""
     L, Q = applied(state, rank)
     return _damped_solve(L, Q, Y, damping, continuation, xp, rows=rows, overwrite_x=overwrite)
+
+
+def solve_blocks(state: FactorState, blocks: list[Any], damping: float, rank: int, continuation: bool, xp: Any, *,
+                 rows: bool) -> list[Any]:
+    """:func:`solve` in place on a matrix given as column blocks (see ``_damped_solve_blocks``)."""
+    L, Q = applied(state, rank)
+    return _damped_solve_blocks(L, Q, blocks, damping, continuation, xp, rows=rows)
 
 
 def check(state: FactorState, d: int, declared: str, where: str) -> None:

@@ -658,6 +658,60 @@ class KFACPreconditioner:
         known, value = self._prepared(layer)
         return known.family.precondition(known.state, grad, value, self.steps, overwrite=overwrite_grad)
 
+    def precondition_blocks(self, layer: str, blocks: Any, *, check_finite: bool = True) -> list[Any]:
+        """:meth:`precondition` written in place into the gradient given as column blocks,
+        ``grad = [X_1 ... X_p]`` (e.g. ``[W b]`` as the weight's gradient and the bias's as one
+        column): what a caller holding ``W`` and ``b`` separately would otherwise assemble into
+        ``[W b]`` and split again (two copies of the gradient per step).
+
+        Parameters
+        ----------
+        layer : str
+            A layer with statistics.
+        blocks : sequence of arrays, shapes (d_out, w_i) with ``sum w_i = d_in``
+            The column blocks, in the layer's namespace, device and dtype; they are
+            overwritten with the step's blocks.
+        check_finite : bool, optional
+            Refuse blocks that hold NaN or infinity (default True).
+
+        Returns
+        -------
+        list of arrays
+            The step's blocks (the input blocks, written in place where the namespace allows;
+            other namespaces, and the families without block solves, return new arrays).
+        """
+        check_finite = _validate.check_bool(check_finite, "check_finite")
+        known = self._layer(layer)
+        if not isinstance(blocks, (list, tuple)) or not blocks:
+            raise TypeError(f"`blocks` must be a non-empty list of arrays, got {type(blocks).__name__}")
+        for i, X in enumerate(blocks):
+            self._check_block(layer, X, known, f"blocks[{i}]", finite=check_finite)
+        widths = [int(X.shape[1]) for X in blocks]
+        if sum(widths) != known.d_a:
+            raise ValueError(f"the column blocks of layer {layer!r} must have {known.d_a} columns in all, "
+                             f"got {widths}")
+        known, value = self._prepared(layer)
+        if known.family.precondition_blocks is not None:
+            return known.family.precondition_blocks(known.state, list(blocks), value, self.steps)
+        xp = known.xp
+        step = known.family.precondition(known.state, xp.concat(list(blocks), axis=1), value, self.steps,
+                                         overwrite=True)
+        out, start = [], 0
+        for w in widths:
+            out.append(step[:, start:start + w])
+            start += w
+        return out
+
+    def _check_block(self, layer: str, X: Any, known: _Layer, name: str, *, finite: bool) -> None:
+        xp = _array.namespace((name, X))
+        if xp is not known.xp:
+            raise TypeError(f"`{name}` is a {_array._namespace_name(xp)} array but layer {layer!r} holds "
+                            f"{_array._namespace_name(known.xp)}")
+        _validate.check_array(X, name, xp, ndim=2, finite=finite)
+        self._check_known(layer, known, xp, X, f"`{name}`")
+        if X.shape[0] != known.d_g:
+            raise ValueError(f"`{name}` of layer {layer!r} must have {known.d_g} rows, got {X.shape[0]}")
+
     def precondition_factored(self, layer: str, G: Any, A: Any) -> tuple[Any, Any]:
         """Precondition a gradient given as factors, ``grad = G^T A`` (G: N x d_out, A: N x d_in).
 

@@ -117,6 +117,23 @@ class LayerAdapter:
             buf = self._buffer = torch.empty(self.d_out, self.d_in, dtype=m.dtype, device=m.device)
         return torch.cat([m, b.to(m.dtype)], dim=1, out=buf)
 
+    def grad_blocks(self, dtype: torch.dtype) -> list[torch.Tensor] | None:
+        """``[W b]``'s gradient as views of ``.grad``, ``[W]`` or ``[W, b[:, None]]``, for a
+        preconditioner that writes the step into them; None when that cannot be done in place
+        (no gradient, another dtype than the factors', a weight that is not a view as a matrix)."""
+        w = self.module.weight.grad
+        if w is None or w.dtype != dtype:
+            return None
+        m = self._weight_as_matrix(w)
+        if m.data_ptr() != w.data_ptr() or not m.is_contiguous():
+            return None
+        if not self.has_bias:
+            return [m]
+        b = self.module.bias.grad
+        if b is None or b.dtype != dtype:
+            return None
+        return [m, b[:, None]]
+
     def set_grad(self, step: torch.Tensor) -> None:
         """Write the ``d_out x d_in`` step into the parameters' ``.grad`` in place."""
         w = self.module.weight
@@ -266,6 +283,23 @@ class EmbeddingAdapter(LayerAdapter):
 
     def _matrix_as_weight(self, m: torch.Tensor) -> torch.Tensor:
         return m.T
+
+    def grad_blocks(self, dtype: torch.dtype) -> list[torch.Tensor] | None:
+        """``[W b]``'s gradient as views of ``.grad``, ``[W]`` or ``[W, b[:, None]]``, for a
+        preconditioner that writes the step into them; None when that cannot be done in place
+        (no gradient, another dtype than the factors', a weight that is not a view as a matrix)."""
+        w = self.module.weight.grad
+        if w is None or w.dtype != dtype:
+            return None
+        m = self._weight_as_matrix(w)
+        if m.data_ptr() != w.data_ptr() or not m.is_contiguous():
+            return None
+        if not self.has_bias:
+            return [m]
+        b = self.module.bias.grad
+        if b is None or b.dtype != dtype:
+            return None
+        return [m, b[:, None]]
 
     def set_grad(self, step: torch.Tensor) -> None:
         pad = self.module.padding_idx

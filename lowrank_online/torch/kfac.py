@@ -755,8 +755,7 @@ class KFAC:
         # quadratic model still needs the gradients after the steps are made.
         overwrite = self.kl_clip is None and self._pre.config.damping_adaptation != "lm"
         for name, adapter in self._adapters.items():
-            G = adapter.grad_matrix()
-            if G is None:
+            if adapter.module.weight.grad is None:
                 continue
             if name not in self._pre.layers:
                 if name not in self._warned and self._fed[name] == 0 and self._seen[name]:
@@ -764,7 +763,18 @@ class KFAC:
                     warnings.warn(f"layer {name!r} has no curvature yet; its gradient is not preconditioned",
                                   RuntimeWarning, stacklevel=3)
                 continue
-            G = G.detach().to(self.factor_dtype)
+            blocks = adapter.grad_blocks(self.factor_dtype) if overwrite and self._dist is None else None
+            if blocks is not None:
+                # In place in .grad: W and b as two column blocks of [W b], no [W b] copy
+                if not all(_finite_gram(X) for X in blocks):
+                    nonfinite.append(name)
+                    continue
+                out = self._pre.precondition_blocks(name, blocks, check_finite=False)
+                for X, Y in zip(blocks, out, strict=True):
+                    if Y.data_ptr() != X.data_ptr():  # a family without block solves
+                        X.copy_(Y)
+                continue
+            G = adapter.grad_matrix().detach().to(self.factor_dtype)
             if not _finite_gram(G):
                 nonfinite.append(name)
                 continue

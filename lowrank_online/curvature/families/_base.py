@@ -60,7 +60,10 @@ class Family(NamedTuple):
     ``part_types``
         each part's payload NamedTuple class (a received payload is rebuilt from it);
     ``check_part(part, payload, where)``
-        ``ValueError`` naming the entry when a received payload does not fit the layer.
+        ``ValueError`` naming the entry when a received payload does not fit the layer;
+    ``precondition_blocks(state, blocks, damping, step) -> blocks``
+        ``precondition`` in place on the gradient given as column blocks (``[W b]`` as ``W``
+        and ``b``), where the family's solves allow it (the K-FAC family); None elsewhere.
     """
 
     init: Callable[..., Any]
@@ -78,3 +81,4 @@ class Family(NamedTuple):
     install: Callable[..., Any] | None = None
     part_types: dict[str, type] | None = None
     check_part: Callable[..., None] | None = None
+    precondition_blocks: Callable[..., list[Any]] | None = None

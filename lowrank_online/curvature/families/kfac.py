@@ -77,6 +77,13 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
         right = factors.solve(state.A, grad, lam_a, r, c, xp, rows=True, overwrite=overwrite)  # grad A^{-1}
         return factors.solve(state.G, right, lam_g, r, c, xp, overwrite=True)  # Gamma^{-1} grad A^{-1}
 
+    def precondition_blocks(state: KFACState, blocks: list[Any], damping: Damping, step: int) -> list[Any]:
+        grad_sq = sum(squared_norm(X, xp) for X in blocks) if damping.gradient else 0.0
+        lam_a, lam_g = dampings(state, damping, step, grad_sq)
+        r, c = config.rank_at(step), config.continuation
+        blocks = factors.solve_blocks(state.A, blocks, lam_a, r, c, xp, rows=True)
+        return factors.solve_blocks(state.G, blocks, lam_g, r, c, xp, rows=False)
+
     def precondition_factored(state: KFACState, G: Any, A: Any, damping: Damping, step: int) -> tuple[Any, Any]:
         # Alg. 8: (Gamma^{-1} G^T)(A A^{-1}): each factor O(r d N), never d_out x d_in.
         lam_a, lam_g = dampings(state, damping, step, factored_squared_norm(G, A, xp) if damping.gradient else 0.0)
@@ -101,4 +108,5 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
 
     return Family(init, update, prepare, dampings, precondition, precondition_factored, describe, check, KFACState,
                   parts=("A", "G"), due=due, extract=extract, install=install,
-                  part_types={"A": FactorDecomposition, "G": FactorDecomposition}, check_part=check_part)
+                  part_types={"A": FactorDecomposition, "G": FactorDecomposition}, check_part=check_part,
+                  precondition_blocks=precondition_blocks)
