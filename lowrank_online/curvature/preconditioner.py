@@ -659,10 +659,12 @@ class KFACPreconditioner:
         return known.family.precondition(known.state, grad, value, self.steps, overwrite=overwrite_grad)
 
     def precondition_blocks(self, layer: str, blocks: Any, *, check_finite: bool = True) -> list[Any]:
-        """:meth:`precondition` written in place into the gradient given as column blocks,
-        ``grad = [X_1 ... X_p]`` (e.g. ``[W b]`` as the weight's gradient and the bias's as one
-        column): what a caller holding ``W`` and ``b`` separately would otherwise assemble into
-        ``[W b]`` and split again (two copies of the gradient per step).
+        """The step of :meth:`precondition`, written in place into the gradient's column blocks.
+
+        The gradient is ``grad = [X_1 ... X_p]``, for instance ``[W b]`` given as the weight's
+        gradient and the bias's as one column: what a caller holding ``W`` and ``b`` separately
+        would otherwise assemble into ``[W b]`` and split again (two copies of the gradient per
+        step).
 
         Parameters
         ----------
