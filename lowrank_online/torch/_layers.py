@@ -122,7 +122,7 @@ class LayerAdapter:
         preconditioner that writes the step into them; None when that cannot be done in place
         (no gradient, another dtype than the factors', a weight that is not a view as a matrix)."""
         w = self.module.weight.grad
-        if w is None or w.dtype != dtype:
+        if w is None or w.dtype != dtype or w.layout != torch.strided:
             return None
         m = self._weight_as_matrix(w)
         if m.data_ptr() != w.data_ptr() or not m.is_contiguous():
@@ -283,23 +283,6 @@ class EmbeddingAdapter(LayerAdapter):
 
     def _matrix_as_weight(self, m: torch.Tensor) -> torch.Tensor:
         return m.T
-
-    def grad_blocks(self, dtype: torch.dtype) -> list[torch.Tensor] | None:
-        """``[W b]``'s gradient as views of ``.grad``, ``[W]`` or ``[W, b[:, None]]``, for a
-        preconditioner that writes the step into them; None when that cannot be done in place
-        (no gradient, another dtype than the factors', a weight that is not a view as a matrix)."""
-        w = self.module.weight.grad
-        if w is None or w.dtype != dtype:
-            return None
-        m = self._weight_as_matrix(w)
-        if m.data_ptr() != w.data_ptr() or not m.is_contiguous():
-            return None
-        if not self.has_bias:
-            return [m]
-        b = self.module.bias.grad
-        if b is None or b.dtype != dtype:
-            return None
-        return [m, b[:, None]]
 
     def set_grad(self, step: torch.Tensor) -> None:
         pad = self.module.padding_idx
