@@ -98,18 +98,23 @@ def test_factored_application_equals_the_full_step(xp, method):
     np.testing.assert_allclose(to_np(Gt).T @ to_np(At), to_np(full), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_in_place_application_equals_the_allocating_one(xp, method):
-    """``overwrite_grad=True`` (what lowrank_online.torch.KFAC uses) gives the same step, and
-    ``check_finite=False`` only skips the check: a NaN gradient then gives a non-finite step."""
-    rng = np.random.default_rng(3)
+def _fitted(xp, method, seed):
+    """A preconditioner after three batches on an 11 x 7 layer, a gradient and its step."""
+    rng = np.random.default_rng(seed)
     d_a, d_g, N = 11, 7, 9
     pre = KFACPreconditioner(method, rank=4)
     for a, g in _stream(rng, 3, N, d_a, d_g):
         pre.update("fc", asarray(xp, a), asarray(xp, g))
         pre.step()
     grad = rng.standard_normal((d_g, d_a))
-    ref = to_np(pre.precondition("fc", asarray(xp, grad)))
+    return pre, grad, to_np(pre.precondition("fc", asarray(xp, grad)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_in_place_application_equals_the_allocating_one(xp, method):
+    """``overwrite_grad=True`` (what lowrank_online.torch.KFAC uses) gives the same step, and
+    ``check_finite=False`` only skips the check: a NaN gradient then gives a non-finite step."""
+    pre, grad, ref = _fitted(xp, method, seed=3)
     got = pre.precondition("fc", asarray(xp, grad), overwrite_grad=True, check_finite=False)
     np.testing.assert_allclose(to_np(got), ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
     bad = grad.copy()
@@ -126,14 +131,7 @@ def test_in_place_application_equals_the_allocating_one(xp, method):
 def test_column_blocks_give_the_step_of_the_whole_gradient(xp, method):
     """precondition_blocks on [W b] given as W and b (what lowrank_online.torch.KFAC passes)
     equals precondition of the assembled matrix; the K-FAC family writes into the blocks."""
-    rng = np.random.default_rng(4)
-    d_a, d_g, N = 11, 7, 9
-    pre = KFACPreconditioner(method, rank=4)
-    for a, g in _stream(rng, 3, N, d_a, d_g):
-        pre.update("fc", asarray(xp, a), asarray(xp, g))
-        pre.step()
-    grad = rng.standard_normal((d_g, d_a))
-    ref = to_np(pre.precondition("fc", asarray(xp, grad)))
+    pre, grad, ref = _fitted(xp, method, seed=4)
     blocks = [asarray(xp, grad[:, :8]), asarray(xp, grad[:, 8:10]), asarray(xp, grad[:, 10:])]
     out = pre.precondition_blocks("fc", blocks)
     got = np.concatenate([to_np(Y) for Y in out], axis=1)
