@@ -128,10 +128,7 @@ def check_finite(x: Any, name: str, xp: Any) -> None:
     update itself, so the Dask ``Backend`` checks every small core that comes back to the
     client instead, and names the argument when one is not finite (see ``Backend.watch``).
     """
-    if is_lazy(xp):
-        return
-    finite = all_finite(xp, x)
-    if not finite:
+    if not is_lazy(xp) and not all_finite(xp, x):
         raise ValueError(f"`{name}` contains NaN or infinity")
 
 

@@ -104,6 +104,20 @@ def damped_solve(
     )
 
 
+def _coefficients(L: Any, damping: float, continuation: bool, xp: Any) -> tuple[Any, float]:
+    """``(coef, 1 / lambda)`` of ``(Q L Q^T + lambda I)^{-1} X = X / lambda + Q diag(coef) Q^T X``,
+    after spectrum continuation (``lambda + min L`` and ``L - min L``).
+
+    ``coef = -(L / (L + lambda)) / lambda``: the ratio lies in [0, 1], so there is no
+    cancellation when ``L << lambda`` and no overflow of a product at large scales.
+    """
+    if continuation and L.shape[0]:
+        low = xp.min(L)
+        damping = damping + _array.to_floats(xp, low)[0]
+        L = L - low
+    return -(L / (L + damping)) / damping, 1.0 / damping
+
+
 def _damped_solve(
     L: Any, Q: Any, X: Any, damping: float, continuation: bool, xp: Any, *, check_finite: bool = True,
     rows: bool = False, overwrite_x: bool = False,
@@ -124,22 +138,15 @@ def _damped_solve(
     if rows and not be.in_memory:
         # the distributed hooks contract tall arrays by their rows only
         return _damped_solve(L, Q, X.T, damping, continuation, xp, check_finite=check_finite).T
-    if continuation and L.shape[0]:
-        low = xp.min(L)
-        damping = damping + _array.to_floats(xp, low)[0]
-        L = L - low
+    coef, inv = _coefficients(L, damping, continuation, xp)
     vector = X.ndim == 1
     if vector:
         X = X[None, :] if rows else X[:, None]
     if check_finite:
         be.watch(("eigenvalues", L), ("eigenvectors", Q), ("X", X))
     X = be.persist(X)
-    # X / lambda - Q diag(L / (L + lambda) / lambda) Q^T X: the ratio lies in [0, 1], so there
-    # is no cancellation when L << lambda and no overflow of a product at large scales. In
-    # memory the product accumulates into X / lambda (the output, or X itself with
+    # In memory the product accumulates into X / lambda (the output, or X itself with
     # overwrite_x): no tall temporary.
-    coef = -(L / (L + damping)) / damping
-    inv = 1.0 / damping
     if rows or be.in_memory:
         Y, beta = (X, inv) if overwrite_x else (X * inv, 1.0)
         if rows:
@@ -162,12 +169,7 @@ def _damped_solve_blocks(L: Any, Q: Any, blocks: list[Any], damping: float, cont
     What a K-FAC step on ``[W b]`` needs without assembling ``[W b]`` (two copies of the
     gradient per step, measured as a third of lowrank_online.torch's own work).
     """
-    if continuation and L.shape[0]:
-        low = xp.min(L)
-        damping = damping + _array.to_floats(xp, low)[0]
-        L = L - low
-    coef = -(L / (L + damping)) / damping
-    inv = 1.0 / damping
+    coef, inv = _coefficients(L, damping, continuation, xp)
     if not rows:
         return [_array.add_matmul(X, Q, coef[:, None] * (Q.T @ X), xp, beta=inv) for X in blocks]
     parts, start = [], 0

@@ -365,15 +365,19 @@ class KFACPreconditioner:
             raise ValueError(f"no statistics for layer {layer!r} yet: call update({layer!r}, a, g) first")
         return self._layers[layer]
 
-    def _check_grad(self, layer: str, grad: Any, known: _Layer, *, finite: bool = True) -> None:
-        xp = _array.namespace(("grad", grad))
+    def _check_grad(self, layer: str, grad: Any, known: _Layer, *, finite: bool = True, name: str = "grad",
+                    block: bool = False) -> None:
+        """The gradient (``block``: one of its column blocks, any width) of a known layer."""
+        xp = _array.namespace((name, grad))
         if xp is not known.xp:
-            raise TypeError(f"`grad` is a {_array._namespace_name(xp)} array but layer {layer!r} holds "
+            raise TypeError(f"`{name}` is a {_array._namespace_name(xp)} array but layer {layer!r} holds "
                             f"{_array._namespace_name(known.xp)}")
-        _validate.check_array(grad, "grad", xp, ndim=2, finite=finite)
-        self._check_known(layer, known, xp, grad, "`grad`")
-        if tuple(grad.shape) != (known.d_g, known.d_a):
-            raise ValueError(f"`grad` of layer {layer!r} must have shape {(known.d_g, known.d_a)}, "
+        _validate.check_array(grad, name, xp, ndim=2, finite=finite)
+        self._check_known(layer, known, xp, grad, f"`{name}`")
+        if block and grad.shape[0] != known.d_g:
+            raise ValueError(f"`{name}` of layer {layer!r} must have {known.d_g} rows, got {grad.shape[0]}")
+        if not block and tuple(grad.shape) != (known.d_g, known.d_a):
+            raise ValueError(f"`{name}` of layer {layer!r} must have shape {(known.d_g, known.d_a)}, "
                              f"got {tuple(grad.shape)}")
 
     # ---------------------------------------------------------------- operations
@@ -687,7 +691,7 @@ class KFACPreconditioner:
         if not isinstance(blocks, (list, tuple)) or not blocks:
             raise TypeError(f"`blocks` must be a non-empty list of arrays, got {type(blocks).__name__}")
         for i, X in enumerate(blocks):
-            self._check_block(layer, X, known, f"blocks[{i}]", finite=check_finite)
+            self._check_grad(layer, X, known, finite=check_finite, name=f"blocks[{i}]", block=True)
         widths = [int(X.shape[1]) for X in blocks]
         if sum(widths) != known.d_a:
             raise ValueError(f"the column blocks of layer {layer!r} must have {known.d_a} columns in all, "
@@ -703,16 +707,6 @@ class KFACPreconditioner:
             out.append(step[:, start:start + w])
             start += w
         return out
-
-    def _check_block(self, layer: str, X: Any, known: _Layer, name: str, *, finite: bool) -> None:
-        xp = _array.namespace((name, X))
-        if xp is not known.xp:
-            raise TypeError(f"`{name}` is a {_array._namespace_name(xp)} array but layer {layer!r} holds "
-                            f"{_array._namespace_name(known.xp)}")
-        _validate.check_array(X, name, xp, ndim=2, finite=finite)
-        self._check_known(layer, known, xp, X, f"`{name}`")
-        if X.shape[0] != known.d_g:
-            raise ValueError(f"`{name}` of layer {layer!r} must have {known.d_g} rows, got {X.shape[0]}")
 
     def precondition_factored(self, layer: str, G: Any, A: Any) -> tuple[Any, Any]:
         """Precondition a gradient given as factors, ``grad = G^T A`` (G: N x d_out, A: N x d_in).
