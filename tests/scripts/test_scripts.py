@@ -49,6 +49,11 @@ def test_streaming_covariance_example():
     assert "B-update err" in out
 
 
+def test_top_singular_triplets_example():
+    out = _run("examples/top_singular_triplets.py", "--n", "300", "--k", "5")
+    assert "blocks of 8" in out and "single vectors" in out
+
+
 def test_cli_train_save_resume_and_compare(tmp_path):
     ckpt = str(tmp_path / "run.npz")
     out = _run("-m", "lowrank_online.cli", "train", "--data", "digits", "--epochs", "1", "--method", "bkfac",
