@@ -11,12 +11,16 @@ inverse step every step (``T_updt = T_inv = 1``: the communication-heaviest sche
   all-reduce that DDP would do, ``kfac.step()``) with 2 processes of 1 thread each on half the
   batch, against one process of 2 threads on the whole batch (the same 2 cores);
 * **idle ranks/step**: processes that computed no decomposition, averaged over the steps;
+* **curvature held**: bytes of the preconditioner's arrays on one process (the largest of the
+  two), against the one-process run's;
 * **max rel. diff.**: of the preconditioned gradients against the one-process run.
 
 A method may name what its statistics travel as after a colon (``--methods bkfac bkfac:rows``
 compares the default, where a factor whose rows per process outnumber its width travels as the
 triangular factor of their QR, with the plain row all-gather; give ``--batch`` above twice the
-widths for every factor to compress).
+widths for every factor to compress), and its ``grad_worker_fraction`` after an ``@``
+(``kfac@0.5``: each layer's curvature on one of the two processes, which sends its
+preconditioned gradient to the other).
 
 ``python evidence/torch_distributed.py`` regenerates ``docs/evidence/distributed_table.rst`` (about a
 minute on 2 cores); ``--quick`` runs tiny sizes in seconds and writes nothing unless
@@ -46,7 +50,17 @@ from torch import nn  # noqa: E402
 
 from lowrank_online.torch import KFAC, Distributed  # noqa: E402
 
-METHODS = ("kfac", "rkfac", "bkfac", "ekfac")
+METHODS = ("kfac", "rkfac", "bkfac", "ekfac", "kfac@0.5", "bkfac@0.5")
+
+
+def _held_bytes(kfac: KFAC) -> int:
+    """Bytes of the arrays of the preconditioner on this process."""
+    def walk(v) -> int:
+        if isinstance(v, dict):
+            return sum(walk(x) for x in v.values())
+        return v.numel() * v.element_size() if isinstance(v, torch.Tensor) else 0
+
+    return walk(kfac.preconditioner.state_dict())
 
 
 def _model(width: int, d_in: int) -> nn.Module:
@@ -63,13 +77,16 @@ def _run(method: str, args: argparse.Namespace, rank: int, world: int) -> dict:
     """Train ``args.steps`` steps; every process runs its shard (world 1: the whole batch).
 
     ``method`` may name what travels after a colon, ``"bkfac:rows"`` for
-    ``Distributed(statistics="rows")`` (the uncompressed all-gather)."""
+    ``Distributed(statistics="rows")`` (the uncompressed all-gather), and the
+    ``grad_worker_fraction`` after an ``@``."""
+    method, _, fraction = method.partition("@")
     method, _, what = method.partition(":")
     model = _model(args.width, args.d_in)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         kfac = KFAC(model, method, fisher="empirical", T_updt=1, T_inv=1, rank=args.rank, damping=0.1,
-                    distributed=(Distributed(statistics=what or None) if world > 1 else None))
+                    distributed=(Distributed(statistics=what or None, grad_worker_fraction=float(fraction or 1))
+                                 if world > 1 else None))
     n = args.batch // world
     times, grads, reports = [], [], []
     for step in range(args.steps + 1):
@@ -96,7 +113,7 @@ def _run(method: str, args: argparse.Namespace, rank: int, world: int) -> dict:
             times.append(elapsed)
             if world > 1:
                 reports.append(kfac.distributed_report)
-    out = {"time": statistics.median(times), "grads": grads}
+    out = {"time": statistics.median(times), "grads": grads, "held": _held_bytes(kfac)}
     if reports:
         out["bytes"] = statistics.mean(r.bytes for r in reports)
         out["statistics"] = statistics.mean(r.statistics_bytes for r in reports)
@@ -111,6 +128,10 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, folder: 
                             timeout=datetime.timedelta(seconds=120))
     try:
         out = {m: _run(m, args, rank, world) for m in args.methods}
+        held = [None] * world
+        dist.all_gather_object(held, {m: out[m]["held"] for m in args.methods})
+        for m in args.methods:
+            out[m]["held"] = max(h[m] for h in held)
         if rank == 0:
             with open(os.path.join(folder, "dist.pkl"), "wb") as f:
                 pickle.dump(out, f)
@@ -156,7 +177,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         rows.append({"method": m, "bytes": two[m]["bytes"], "statistics": two[m]["statistics"],
                      "single": single[m]["time"], "two": two[m]["time"], "idle": two[m]["idle"],
-                     "owners": two[m]["owners"], "diff": diff})
+                     "owners": two[m]["owners"], "diff": diff, "held": two[m]["held"],
+                     "held_single": single[m]["held"]})
     text = _table(rows, args)
     print(text)
     publish(text, rows, lambda res, path: False, table="distributed_table.rst", figure="distributed.png",
@@ -166,10 +188,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def _table(rows: list[dict], args: argparse.Namespace) -> str:
     head = ["method", "bytes/step", "of which statistics", "1 process (ms)", "2 processes (ms)", "ratio",
-            "decompositions/step", "idle ranks/step", "max rel. diff."]
+            "decompositions/step", "idle ranks/step", "curvature held", "max rel. diff."]
     body = [[r["method"], f"{r['bytes'] / 1e6:.2f} MB", f"{r['statistics'] / 1e6:.2f} MB", f"{1e3 * r['single']:.1f}",
              f"{1e3 * r['two']:.1f}", f"{r['two'] / r['single']:.2f}", f"{r['owners']:.0f}", f"{r['idle']:.1f}",
-             f"{r['diff']:.1e}"] for r in rows]
+             f"{r['held'] / 1e6:.2f} of {r['held_single'] / 1e6:.2f} MB", f"{r['diff']:.1e}"] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     rule = "  ".join("=" * w for w in widths)
     title = (f"MLP {args.d_in}-{args.width}-{args.width}-10, float32, global batch {args.batch}, rank {args.rank}, "

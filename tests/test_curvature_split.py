@@ -131,3 +131,27 @@ def test_a_failed_decompose_counts_nothing_and_skip_update_takes_the_skip_path(m
         pre.skip_update("fc", "rank 1 failed again")
     with pytest.raises(TypeError, match="`reason`"):
         pre.skip_update("fc", 3)
+
+
+def test_release_drops_a_layer_and_keeps_every_seed():
+    """A released layer's state is gone; the layers named after it keep the indices (the seeds
+    of their randomized decompositions) of a preconditioner that kept it, and feeding it again
+    starts it afresh under its own index."""
+    opts = dict(rank=2, oversample=0, n_iter=0, T_inv=1)  # randomized EVDs that depend on the seed
+    keep, drop = KFACPreconditioner("rkfac", **opts), KFACPreconditioner("rkfac", **opts)
+    fresh = KFACPreconditioner("rkfac", **opts)
+    for pre in (keep, drop):
+        pre.update("first", *_stats(0))
+    drop.release("first")
+    assert drop.layers == [] and "first" in keep.layers
+    drop.release("never-fed")  # nothing to drop: ignored
+    a, g = _stats(1, d_a=6, d_g=5)
+    for pre in (keep, drop):
+        pre.update("second", a, g)
+    assert _equal(keep.state_dict()["layers"]["second"], drop.state_dict()["layers"]["second"])
+    drop.update("first", *_stats(2))  # afresh: the first statistics of a new layer, index 0
+    fresh.update("first", *_stats(2))
+    saved = drop.state_dict()["layers"]["first"]
+    assert saved["index"] == 0 and _equal(saved, fresh.state_dict()["layers"]["first"])
+    with pytest.raises(TypeError, match="layer"):
+        drop.release(3)

@@ -122,17 +122,25 @@ def _compare(method: str, dtype: torch.dtype, rank: int, world: int, steps: int 
         for w, g in zip(want, got, strict=True):
             worst = max(worst, float((w - g).abs().max() / w.abs().max()))
         reports.append(kfac.distributed_report)
-    return {"worst": worst, "reports": reports, "state": _state_of(kfac)}
+    # "state": what this process holds; "full": every layer (gathered from the workers when
+    # each layer lives on its workers only; KFAC.state_dict is then a collective)
+    return {"worst": worst, "reports": reports, "state": _state_of(kfac), "full": _full_state_of(kfac),
+            "held": list(kfac.preconditioner.layers)}
 
 
 def _state_of(kfac: KFAC) -> dict:
     """The preconditioner's state as NumPy arrays (comparable across processes)."""
-    def host(v):
-        if isinstance(v, dict):
-            return {k: host(x) for k, x in v.items()}
-        return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+    return _host(kfac.preconditioner.state_dict())
 
-    return host(kfac.preconditioner.state_dict())
+
+def _full_state_of(kfac: KFAC) -> dict:
+    return _host(kfac.state_dict()["preconditioner"])
+
+
+def _host(v):
+    if isinstance(v, dict):
+        return {k: _host(x) for k, x in v.items()}
+    return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
 
 
 def _scenario_two(rank: int, world: int, folder: str) -> dict:
@@ -146,8 +154,11 @@ def _scenario_two(rank: int, world: int, folder: str) -> dict:
     # draw with the seeds of the single process (the layers' indices in the model's order)
     out["rkfac-sketch"] = _compare("rkfac", torch.float64, rank, world,
                                    extra={"rank": 2, "oversample": 0, "n_iter": 0})
-    out["kfac-workers"] = _compare("kfac", torch.float64, rank, world,
-                                   dist_options=Distributed(grad_worker_fraction=0.5))
+    # one worker per layer: each layer's curvature on one process only
+    for method in ("kfac", "bkfac", "ekfac"):
+        out[f"{method}-workers"] = _compare(method, torch.float64, rank, world,
+                                            dist_options=Distributed(grad_worker_fraction=0.5))
+    out["bkfac-full"] = _compare("bkfac", torch.float64, rank, world)
     out["bkfac-bf16"] = _compare(
         "bkfac", torch.float32, rank, world, dist_options=Distributed(comm_dtype=torch.bfloat16)
     )
@@ -157,6 +168,8 @@ def _scenario_two(rank: int, world: int, folder: str) -> dict:
     out["kfac-compressed"] = _compare("kfac", torch.float64, rank, world,
                                       dist_options=Distributed(statistics="compressed"))
     out["failure"] = _failure(rank, world)
+    out["failure-workers"] = _failure(rank, world, Distributed(grad_worker_fraction=0.5))
+    out["failure-limit"] = _failure_limit(rank, world)
     # a checkpoint for the 3-process run: rank 0 saves one state
     model = _model(torch.float64)
     kfac = KFAC(model, **_options("bkfac"), distributed=True)
@@ -166,14 +179,24 @@ def _scenario_two(rank: int, world: int, folder: str) -> dict:
     if rank == 0:
         torch.save({"model": model.state_dict(), "kfac": kfac.state_dict()}, os.path.join(folder, "ckpt.pt"))
     out["ckpt-state"] = _state_of(kfac)
+    # the same run with each layer on one process: the collective state_dict is the same
+    model = _model(torch.float64)
+    kfac = KFAC(model, **_options("bkfac"), distributed=Distributed(grad_worker_fraction=0.5))
+    for step in range(2):
+        x, y = _batch(step, torch.float64)
+        _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
+    saved = {"model": model.state_dict(), "kfac": kfac.state_dict()}
+    if rank == 0:
+        torch.save(saved, os.path.join(folder, "ckpt-workers.pt"))
+    out["ckpt-workers-state"] = _host(saved["kfac"]["preconditioner"])
     dist.barrier()
     return out
 
 
-def _failure(rank: int, world: int) -> dict:
+def _failure(rank: int, world: int, options: Distributed | None = None) -> dict:
     """At step 2 (an EVD step) the decompositions owned by rank 1 raise there."""
     model = _model(torch.float64)
-    kfac = KFAC(model, **_options("kfac"), distributed=True)
+    kfac = KFAC(model, **_options("kfac"), distributed=options or True)
     pre = kfac.preconditioner
     original = pre.decompose
 
@@ -188,15 +211,45 @@ def _failure(rank: int, world: int) -> dict:
     caught = []
     for step in range(3):
         if step == 2:
-            before = _state_of(kfac)
+            before = _full_state_of(kfac)
         x, y = _batch(step, torch.float64)
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
         caught += [str(m.message) for m in w if "skipped" in str(m.message)]
     report = kfac.distributed_report
-    return {"before": before, "after": _state_of(kfac), "failed": report.failed, "owners": report.owners,
-            "skipped": dict(pre.skipped_updates), "warnings": caught}
+    return {"before": before, "after": _full_state_of(kfac), "failed": report.failed, "owners": report.owners,
+            "skipped": dict(pre.skipped_updates), "warnings": caught, "held": list(pre.layers)}
+
+
+def _failure_limit(rank: int, world: int) -> dict:
+    """One worker per layer, max_failures=2: rank 1's decompositions fail from step 1 on. Both
+    processes raise at the same step (rank 0 holds none of the failing layers), so neither
+    waits on the other."""
+    model = _model(torch.float64)
+    kfac = KFAC(model, **_options("kfac", T_inv=1, max_failures=2),
+                distributed=Distributed(grad_worker_fraction=0.5))
+    pre = kfac.preconditioner
+    original = pre.decompose
+
+    def broken(layer, a, g, parts=None):
+        if pre.steps >= 1:
+            raise DecompositionError(f"injected failure of {layer!r} {parts}")
+        return original(layer, a, g, parts)
+
+    if rank == 1:
+        pre.decompose = broken
+    raised = None
+    for step in range(4):
+        x, y = _batch(step, torch.float64)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
+        except DecompositionError as err:
+            raised = (step, str(err))
+            break
+    return {"raised": raised}
 
 
 def _scenario_three(rank: int, world: int, folder: str) -> dict:
@@ -219,6 +272,24 @@ def _scenario_three(rank: int, world: int, folder: str) -> dict:
         got = _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
         worst = max(worst, max(float((w - g).abs().max() / w.abs().max()) for w, g in zip(want, got, strict=True)))
     out["resume"] = {"worst": worst, "state": _state_of(kfac), "steps": kfac.steps}
+    # the checkpoint gathered from one-worker-per-layer processes, resumed on three processes
+    # with one worker per layer
+    saved = torch.load(os.path.join(folder, "ckpt-workers.pt"), weights_only=True)
+    ref_model, model = _model(torch.float64), _model(torch.float64)
+    ref = KFAC(ref_model, **_options("bkfac"))
+    kfac = KFAC(model, **_options("bkfac"), distributed=Distributed(grad_worker_fraction=1 / 3))
+    for m, k in ((ref_model, ref), (model, kfac)):
+        m.load_state_dict(saved["model"])
+        k.load_state_dict(saved["kfac"])
+    held_after_load = list(kfac.preconditioner.layers)
+    worst = 0.0
+    for step in range(2, 4):
+        x, y = _batch(step, torch.float64)
+        want = _train_step(ref_model, ref, x, y, None)
+        got = _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
+        worst = max(worst, max(float((w - g).abs().max() / w.abs().max()) for w, g in zip(want, got, strict=True)))
+    out["resume-workers"] = {"worst": worst, "full": _full_state_of(kfac), "ref": _state_of(ref),
+                             "held": held_after_load, "held_end": list(kfac.preconditioner.layers)}
     return out
 
 
@@ -285,13 +356,29 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(two, method, 
     _same(results[0][(method, dtype)]["state"], results[1][(method, dtype)]["state"])
 
 
-@pytest.mark.parametrize("variant", ["kfac-rows", "rkfac-gram", "rkfac-sketch", "kfac-workers", "bkfac-sync",
-                                     "bkfac-rows", "kfac-compressed"])
+@pytest.mark.parametrize("variant", ["kfac-rows", "rkfac-gram", "rkfac-sketch", "kfac-workers", "bkfac-workers",
+                                     "ekfac-workers", "bkfac-sync", "bkfac-rows", "kfac-compressed"])
 def test_options_keep_the_single_process_result(two, variant):
     _, results = two
     for res in results:
         assert res[variant]["worst"] <= 1e-6, (variant, res[variant]["worst"])
-    _same(results[0][variant]["state"], results[1][variant]["state"])
+    _same(results[0][variant]["full"], results[1][variant]["full"])
+
+
+@pytest.mark.parametrize("method", ["kfac", "bkfac", "ekfac"])
+def test_grad_workers_alone_hold_their_layers(two, method):
+    """grad_worker_fraction = 1 / world: each layer's curvature on one process, the gathered
+    state that of every process holding everything."""
+    _, results = two
+    held = [set(res[f"{method}-workers"]["held"]) for res in results]
+    everything = set(results[0][f"{method}-{'full' if method == 'bkfac' else 'workers'}"]["full"]["layers"])
+    assert held[0] and held[1] and not held[0] & held[1] and held[0] | held[1] == everything == {"0", "2", "4"}
+    for res, mine in zip(results, held, strict=True):
+        assert set(res[f"{method}-workers"]["state"]["layers"]) == mine
+    reference = results[0]["bkfac-full" if method == "bkfac" else (method, "torch.float64")]
+    _close(results[0][f"{method}-workers"]["full"], reference["full"], 1e-12)
+    # a process receives no decomposition of the layers it does not hold: fewer bytes
+    assert results[0][f"{method}-workers"]["reports"][0].bytes < reference["reports"][0].bytes
 
 
 def test_compressed_statistics_travel_in_fewer_bytes(two):
@@ -342,6 +429,32 @@ def test_failure_on_one_rank_is_broadcast_and_the_state_kept(two):
         assert f0["after"]["layers"][layer]["state"]["A"]["n_stats"] == 3
 
 
+def test_failure_on_a_worker_is_broadcast_and_its_layers_kept(two):
+    """One worker per layer: the layers of rank 1 fail there; rank 0, which holds none of them,
+    counts the failure without a state, and both go on."""
+    _, results = two
+    f0, f1 = results[0]["failure-workers"], results[1]["failure-workers"]
+    assert f0["failed"] and f0["failed"] == f1["failed"]
+    failed_layers = {layer for layer, _ in f0["failed"]}
+    assert failed_layers == set(f1["held"]) and not failed_layers & set(f0["held"])
+    assert f1["skipped"] == dict.fromkeys(failed_layers, 1) and f0["skipped"] == {}
+    _same(f0["after"], f1["after"])
+    for layer in failed_layers:
+        _same(f0["before"]["layers"][layer], f0["after"]["layers"][layer])
+    assert f0["after"]["skipped_updates"] == dict.fromkeys(failed_layers, 1)
+    assert any("injected failure" in w for w in f1["warnings"])
+    for layer in set(f0["after"]["layers"]) - failed_layers:  # rank 0's layers were updated
+        assert f0["after"]["layers"][layer]["state"]["A"]["n_stats"] == 3
+
+
+def test_max_failures_raises_on_every_process_together(two):
+    _, results = two
+    raised = [res["failure-limit"]["raised"] for res in results]
+    assert raised[0] is not None and raised[1] is not None
+    assert raised[0][0] == raised[1][0] == 2, raised  # the second consecutive failure
+    assert all("max_failures=2" in r[1] for r in raised)
+
+
 def test_three_processes_more_ranks_than_factors(three):
     for res in three:
         assert res["one-layer"]["worst"] <= 1e-6
@@ -361,12 +474,34 @@ def test_checkpoint_of_two_processes_resumes_on_three(two, three):
     _same(three[0]["resume"]["state"], three[2]["resume"]["state"])
 
 
+def test_checkpoint_gathered_from_workers_resumes_on_three(two, three):
+    _, results = two
+    _same(results[0]["ckpt-workers-state"], results[1]["ckpt-workers-state"])
+    _close(results[0]["ckpt-workers-state"], results[0]["ckpt-state"], 1e-12)
+    held = [set(res["resume-workers"]["held"]) for res in three]
+    assert all(len(h) == 1 for h in held) and set.union(*held) == {"0", "2", "4"}
+    for res in three:
+        assert res["resume-workers"]["worst"] <= 1e-6
+        assert set(res["resume-workers"]["held_end"]) == set(res["resume-workers"]["held"])
+    _same(three[0]["resume-workers"]["full"], three[2]["resume-workers"]["full"])
+    _close(three[0]["resume-workers"]["full"]["layers"], three[0]["resume-workers"]["ref"]["layers"], 1e-9)
+
+
 # ---------------------------------------------------------------------------- without processes
 def test_assign_owners_is_greedy_by_cost_not_round_robin():
     assert assign_owners([8.0, 8.0, 1.0, 1.0], 2) == [0, 1, 0, 1]
     assert assign_owners([1.0, 8.0, 1.0, 8.0], 2) == [0, 0, 1, 1]
     assert assign_owners([5.0], 3) == [0]
     assert assign_owners([], 2) == []
+
+
+def test_assign_owners_keeps_each_task_on_its_candidates():
+    # each task on the least loaded of its layer's workers
+    assert assign_owners([1.0, 8.0, 1.0, 8.0], 2, candidates=[[1], [1], [0, 1], [0, 1]]) == [1, 1, 0, 0]
+    assert assign_owners([3.0, 3.0, 3.0], 3, candidates=[[2], [2], [2]]) == [2, 2, 2]
+    for bad in ([[0]], [[0], []], [[0], [3]]):
+        with pytest.raises(ValueError, match="candidates"):
+            assign_owners([1.0, 1.0], 3, candidates=bad)
 
 
 @pytest.mark.parametrize(("kwargs", "error", "name"), [
@@ -404,13 +539,19 @@ def _run_script(*args: str, timeout: int = 120) -> str:
     return out.stdout
 
 
-def test_torch_distributed_example_runs():
-    out = _run_script("examples/torch_distributed.py", "--steps", "12")
-    assert "identical curvature on all 2 processes: True" in out
+@pytest.mark.parametrize("fraction", ["1", "0.5"])
+def test_torch_distributed_example_runs(fraction):
+    out = _run_script("examples/torch_distributed.py", "--steps", "12", "--grad-worker-fraction", fraction)
+    assert "identical checkpoint of the curvature on all 2 processes: True" in out
     losses = [float(line.split()[3]) for line in out.splitlines() if line.startswith("step")]
     assert losses[-1] < losses[0]
+    held = [line.split("layers")[1].strip() for line in out.splitlines() if "holds the curvature" in line]
+    if fraction == "1":
+        assert held == ["['0', '2', '4']"] * 2
+    else:
+        assert len(held) == 2 and held[0] != held[1]
 
 
 def test_distributed_evidence_quick():
-    out = _run_script("evidence/torch_distributed.py", "--quick", "--methods", "kfac", "bkfac")
-    assert "bytes/step" in out and "idle ranks/step" in out and "bkfac" in out
+    out = _run_script("evidence/torch_distributed.py", "--quick", "--methods", "kfac", "bkfac@0.5")
+    assert "bytes/step" in out and "idle ranks/step" in out and "bkfac@0.5" in out and "curvature held" in out

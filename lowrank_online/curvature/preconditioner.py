@@ -500,6 +500,22 @@ class KFACPreconditioner:
             raise TypeError(f"`reason` must be a string, got {type(reason).__name__}")
         self._failed(layer, reason)
 
+    def release(self, layer: str) -> None:
+        """Drop the state of ``layer`` (its memory), keeping its index: the seeds of the other
+        layers' randomized decompositions, and of this one should it be fed again (it then
+        starts afresh, as a new layer), stay those of a preconditioner that kept it.
+
+        What a data-parallel process does with the layers other processes hold
+        (:class:`lowrank_online.torch.Distributed` with ``grad_worker_fraction < 1``). A layer
+        without statistics is ignored; a name that is not a string raises ``TypeError``.
+        """
+        if not isinstance(layer, str):
+            raise TypeError(f"`layer` must be a string, got {type(layer).__name__}")
+        known = self._layers.pop(layer, None)
+        if known is not None:
+            self._reserved[layer] = known.index
+            self._failures.pop(layer, None)
+
     def _known(self, layer: str, a: Any, g: Any, xp: Any) -> _Layer:
         """The layer's record, or a new one (no state yet) for its first statistics."""
         known = self._layers.get(layer)

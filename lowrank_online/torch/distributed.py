@@ -1,7 +1,8 @@
-"""Data-parallel curvature under ``torch.distributed``: the same factors on every process.
+"""Data-parallel curvature under ``torch.distributed``: the factors of the whole batch.
 
 :class:`Distributed` is the option object of ``KFAC(..., distributed=...)``. On each statistics
-step every process of the group ends with the factors of the *concatenated* batch:
+step every process of the group that holds a layer ends with the factors of the
+*concatenated* batch:
 
 * methods whose factors are all dense (kfac, rkfac) all-reduce each layer's ``a^T a`` and
   ``g^T g`` (a :class:`~lowrank_online.curvature.Gram` each) when that is fewer bytes than the
@@ -12,7 +13,11 @@ step every process of the group ends with the factors of the *concatenated* batc
 * each due decomposition (a K-factor's EVD, randomized EVD or B-update; EKFAC's eigenbasis; the
   whole update of the other families) is computed by one owner process, chosen greedily by
   estimated cost (:func:`assign_owners`), and broadcast to the others, which install it
-  (:meth:`~lowrank_online.curvature.KFACPreconditioner.update` with ``decompositions=``).
+  (:meth:`~lowrank_online.curvature.KFACPreconditioner.update` with ``decompositions=``);
+* with ``grad_worker_fraction < 1`` a layer's curvature lives on its workers only: its
+  decompositions are computed by one of them and sent to the others, the other processes
+  keep nothing of it (:meth:`~lowrank_online.curvature.KFACPreconditioner.release`) and
+  receive its preconditioned gradient instead.
 
 A decomposition that fails on its owner is reported to every process, which all take the skip
 path (the previous state is kept everywhere, the skip counted), so no process waits for a
@@ -55,12 +60,18 @@ class Distributed:
         The group (default: the default group, which must be initialised before :class:`KFAC`
         is built).
     grad_worker_fraction : float
-        Fraction of the processes that precondition each layer's gradient, in
-        ``[1 / world_size, 1]`` (kfac-pytorch's KAISA knob). ``1`` (default): every process
-        preconditions every gradient itself, no gradient travels. Smaller: each layer's step is
-        computed by ``round(fraction * world_size)`` processes (at least one, assigned by cost)
-        and sent to the others, trading the preconditioning flops of a process for one
-        gradient-sized message per layer. Every process holds every factor either way.
+        Fraction of the processes that hold and apply each layer's curvature, in
+        ``[1 / world_size, 1]`` (kfac-pytorch's KAISA knob, between its communication- and
+        memory-optimal ends). ``1`` (default): every process holds every layer's factors and
+        decompositions and preconditions every gradient itself; no gradient travels. Smaller:
+        each layer has ``round(fraction * world_size)`` *workers* (at least one; layers assigned
+        to processes by cost): only they hold its factors and decompositions (computed by one
+        of them and sent to the others, not to every process) and compute its preconditioned
+        gradient, which they send to the other processes, one gradient-sized message per layer
+        and process. At ``1 / world_size`` each layer's curvature lives on one process: the
+        memory of the curvature is divided by the world size, for a gradient sent per layer.
+        :meth:`KFAC.state_dict` then gathers the layers from their workers (call it on every
+        process), and :meth:`KFAC.load_state_dict` keeps on each process the layers it works on.
     comm_dtype : torch.dtype, optional
         dtype in which the statistics travel: the factors' dtype (default) or
         ``torch.bfloat16`` (half the bytes; every process, the sender included, then uses the
@@ -137,23 +148,33 @@ class StepReport(NamedTuple):
     statistics_bytes: int = 0
 
 
-def assign_owners(costs: list[float], world_size: int) -> list[int]:
+def assign_owners(costs: list[float], world_size: int, candidates: list[list[int]] | None = None) -> list[int]:
     """Owner rank of each task: largest first, each to the least loaded rank (ties: lowest rank).
 
     The longest-processing-time rule: the busiest rank finishes within 4/3 of the best possible
     makespan (Graham 1969), where round-robin by layer can put the two widest factors on one
-    rank.
+    rank. ``candidates[i]``, when given, lists the ranks task ``i`` may go to (the workers of
+    its layer).
 
     Examples
     --------
     >>> assign_owners([1.0, 8.0, 1.0, 8.0], 2)
     [0, 0, 1, 1]
+    >>> assign_owners([1.0, 8.0, 1.0, 8.0], 2, candidates=[[1], [1], [0, 1], [0, 1]])
+    [1, 1, 0, 0]
     """
-    world_size = _validate.check_int(world_size, "world_size")
+    world_size = _validate.check_int(world_size, "world_size", minimum=1)
+    if candidates is not None:
+        if len(candidates) != len(costs):
+            raise ValueError(f"`candidates` must list the ranks of each of the {len(costs)} tasks, "
+                             f"got {len(candidates)} lists")
+        if any(not c or any(not 0 <= int(r) < world_size for r in c) for c in candidates):
+            raise ValueError(f"`candidates` must be non-empty lists of ranks in [0, {world_size})")
     load = [0.0] * world_size
     owners = [0] * len(costs)
     for i in sorted(range(len(costs)), key=lambda i: (-float(costs[i]), i)):
-        r = min(range(world_size), key=lambda r: (load[r], r))
+        allowed = range(world_size) if candidates is None else [int(r) for r in candidates[i]]
+        r = min(allowed, key=lambda r: (load[r], r))
         owners[i] = r
         load[r] += float(costs[i])
     return owners
@@ -214,8 +235,36 @@ class Session:
         self.report: StepReport | None = None
         devices = {a.module.weight.device for a in kfac._adapters.values()}
         self.device = devices.pop() if len(devices) == 1 else torch.device("cpu")
-        n_workers = max(1, min(self.world, round(options.grad_worker_fraction * self.world)))
-        self.n_workers = n_workers
+        self.n_workers = max(1, min(self.world, round(options.grad_worker_fraction * self.world)))
+        # Fewer workers than processes: each layer's curvature lives on its workers only.
+        self.partial = self.n_workers < self.world
+        self.layer_workers = self._assign_workers(list(kfac._adapters))
+        # Layers whose workers hold curvature, known on every process (the same on all of them:
+        # it changes only through decompositions whose outcome every process learns).
+        self.curved: set[str] = set()
+        # Consecutive failed updates of the layers held elsewhere (their workers count theirs in
+        # the preconditioner), so that every process raises at max_failures together.
+        self._failures: dict[str, int] = {}
+
+    def _assign_workers(self, names: list[str]) -> dict[str, list[int]]:
+        """The processes that hold and precondition each layer: ``n_workers`` consecutive ranks
+        from a first one chosen by the layer's cost (greedy, :func:`assign_owners`)."""
+        if not self.partial:
+            return {n: list(range(self.world)) for n in names}
+        costs = []
+        for n in names:
+            d_a, d_g = _widths(self.kfac._adapters[n])
+            costs.append(float(d_a * d_g * (d_a + d_g)))
+        first = assign_owners(costs, self.world)
+        return {n: [(r + k) % self.world for k in range(self.n_workers)] for n, r in zip(names, first, strict=True)}
+
+    def holds(self, name: str) -> bool:
+        """Whether this process holds (and preconditions with) the curvature of ``name``."""
+        return self.rank in self.layer_workers[name]
+
+    def has_curvature(self, name: str) -> bool:
+        """Whether ``name`` has curvature on its workers (the same answer on every process)."""
+        return name in self.curved if self.partial else name in self.kfac._pre.layers
 
     # --------------------------------------------------------------- collectives
     def _global(self, rank: int) -> int:
@@ -237,6 +286,20 @@ class Session:
         work.add(torch.distributed.broadcast(t, self._global(src), group=self.group, async_op=work.asynchronous))
         return t
 
+    def send_receive(self, ops: list[Any]) -> None:
+        """Point-to-point transfers (``torch.distributed.P2POp``), issued together, waited on."""
+        if ops:
+            for h in torch.distributed.batch_isend_irecv(ops):
+                h.wait()
+
+    def send(self, t: torch.Tensor, dst: int) -> Any:
+        self.bytes += _nbytes(t)
+        return torch.distributed.P2POp(torch.distributed.isend, t, self._global(dst), group=self.group)
+
+    def receive(self, t: torch.Tensor, src: int) -> Any:
+        self.bytes += _nbytes(t)
+        return torch.distributed.P2POp(torch.distributed.irecv, t, self._global(src), group=self.group)
+
     def all_gather_object(self, obj: Any) -> list[Any]:
         import pickle
 
@@ -253,11 +316,20 @@ class Session:
         start = time.perf_counter()
         self.bytes = 0
         names = list(kfac._adapters)
-        # 1. counts: terms of the loss and rows per layer on every process
+        # 1. counts: terms of the loss and rows per layer on every process, and (when layers live
+        # on their workers only) each held layer's due decompositions, which only its workers know
         local = [float(sum(fwd.terms for fwd in kfac._window))] + [float(kfac._row_count(n)) for n in names]
+        if self.partial:
+            local += [float(self._due_mask(n)) for n in names]
         counts = self.all_gather(torch.tensor(local, dtype=torch.float64), _Work(False))
-        counts = torch.stack(counts)  # world x (1 + layers)
+        counts = torch.stack(counts)  # world x (1 + layers [+ layers])
         terms = float(counts[:, 0].sum())
+        due = {}
+        if self.partial:
+            for i, name in enumerate(names):
+                mask = int(counts[self.layer_workers[name][0], 1 + len(names) + i])
+                parts = registry.lookup(pre.method_of(name)).parts
+                due[name] = tuple(p for j, p in enumerate(parts) if mask >> j & 1)
         stats: dict[str, tuple[Any, Any]] = {}
         work = _Work(self.options.async_op)
         pending: dict[str, Any] = {}
@@ -277,7 +349,7 @@ class Session:
                 continue
             stats[name] = (a, g)
         kfac._window = []
-        self._decompose_and_install(stats)
+        self._decompose_and_install(stats, due)
         for name, (a, g) in stats.items():
             kfac._fed[name] += 1
             if kfac.keep_statistics:
@@ -290,6 +362,16 @@ class Session:
         report = self.report
         self.report = report._replace(bytes=self.bytes, seconds=time.perf_counter() - start,
                                       statistics_bytes=exchanged)
+
+    def _due_mask(self, name: str) -> int:
+        """The parts of a held layer that are due, as bits in the order of the method's parts
+        (0 for a layer held elsewhere); read without reserving the index of a new layer."""
+        if not self.holds(name):
+            return 0
+        pre = self.kfac._pre
+        parts = registry.lookup(pre.method_of(name)).parts
+        due = pre.decompositions_due(name) if name in pre.layers else parts
+        return sum(1 << j for j, p in enumerate(parts) if p in due)
 
     def _uses_gram(self, name: str, rows: int) -> bool:
         spec = registry.lookup(self.kfac._pre.method_of(name))
@@ -398,11 +480,19 @@ class Session:
         extra = 2.0 * n * d_a * d_g if part == "eigenbasis" else 0.0
         return side("eigh", d_a) + side("eigh", d_g) + extra
 
-    def _decompose_and_install(self, stats: dict[str, tuple[Any, Any]]) -> None:
+    def _decompose_and_install(self, stats: dict[str, tuple[Any, Any]], due: dict[str, tuple[str, ...]]) -> None:
+        """Owners compute the due decompositions; each goes to the processes holding its layer
+        (every process, or the layer's workers), which install it or all take the skip path."""
         pre = self.kfac._pre
-        slots = [(name, part) for name, (a, g) in stats.items() for part in pre.decompositions_due(name)]
+        slots = []
+        for name in stats:
+            # called on every process in the same order: a new layer's index (the seed of its
+            # randomized decompositions) is then the one a single process would give it
+            mine = pre.decompositions_due(name)
+            slots += [(name, part) for part in (due[name] if self.partial else mine)]
         costs = [self._slot_cost(name, part, *stats[name]) for name, part in slots]
-        owners = assign_owners(costs, self.world) if slots else []
+        candidates = [self.layer_workers[name] for name, _ in slots] if self.partial else None
+        owners = assign_owners(costs, self.world, candidates) if slots else []
         owner_of = dict(zip(slots, owners, strict=True))
         # 2. the owners compute; a failure is a message instead of an entry
         mine: dict[str, list[str]] = {}
@@ -439,74 +529,118 @@ class Session:
             if errors:
                 raise RuntimeError("KFAC: a decomposition raised on another process: " + "; ".join(errors))
             work = _Work(self.options.async_op)
-            buffers = {}
+            buffers, ops = {}, []
             for slot in slots:
                 what = described[slot]
+                owner = owner_of[slot]
                 if what[0] == "failed":
-                    failed[slot] = f"{what[1]} (computed on rank {owner_of[slot]})"
+                    failed[slot] = f"{what[1]} (computed on rank {owner})"
                     continue
                 size = sum(math.prod(s) for s in what[2])
-                if owner_of[slot] == self.rank:
+                if owner == self.rank:
                     buf = torch.cat([x.reshape(-1) for x in _flatten(entries[slot])[1]]) if size else \
                         torch.zeros(0, dtype=self.kfac.factor_dtype, device=self.device)
                 else:
                     buf = torch.empty(size, dtype=self.kfac.factor_dtype, device=self.device)
-                buffers[slot] = self.broadcast(buf, owner_of[slot], work)
+                if not self.partial:
+                    buffers[slot] = self.broadcast(buf, owner, work)
+                    continue
+                # only the layer's other workers receive it
+                receivers = [r for r in self.layer_workers[slot[0]] if r != owner]
+                if self.rank == owner:
+                    ops += [self.send(buf, r) for r in receivers if size]
+                elif self.rank in receivers:
+                    if size:
+                        ops.append(self.receive(buf, owner))
+                    buffers[slot] = buf
+            self.send_receive(ops)
             work.wait()
             for slot, buf in buffers.items():
                 if owner_of[slot] != self.rank:
                     entries[slot] = _unflatten(described[slot][1], described[slot][2], buf)
-        # 4. every process installs the same entries, or takes the skip path together
+        # 4. every process holding a layer installs the same entries, or they all take the skip
+        # path together (the others count the failure, to raise at max_failures with them)
         for name, (a, g) in stats.items():
             parts = [p for (n, p) in slots if n == name]
-            why = [failed[(name, p)] for p in parts if (name, p) in failed]
+            why = "; ".join(failed[(name, p)] for p in parts if (name, p) in failed)
+            if not why:
+                self.curved.add(name)
+            if self.partial and not self.holds(name):
+                self._count_failure(name, why)
+                continue
             if why:
-                pre.skip_update(name, "; ".join(why))
+                pre.skip_update(name, why)
                 continue
             given = {p: entries[(name, p)] for p in parts}
             pre.update(name, a, g, decompositions=given or None)
         busy = set(owners)
         self.report = StepReport(pre.steps, 0, owner_of, self.world - len(busy) if slots else 0, failed, 0.0)
 
-    # --------------------------------------------------------------- preconditioning
-    def workers(self, names: list[str]) -> dict[str, list[int]]:
-        """The ranks that precondition each layer (``grad_worker_fraction``), by cost."""
-        if self.n_workers >= self.world:
-            return {n: list(range(self.world)) for n in names}
-        costs = []
-        for n in names:
-            d_a, d_g = _widths(self.kfac._adapters[n])
-            costs.append(float(d_a * d_g * (d_a + d_g)))
-        first = assign_owners(costs, self.world)
-        return {n: [(r + k) % self.world for k in range(self.n_workers)] for n, r in zip(names, first, strict=True)}
+    def _count_failure(self, name: str, why: str) -> None:
+        """The failure count of a layer held elsewhere, as its workers' preconditioner keeps it."""
+        if not why:
+            self._failures.pop(name, None)
+            return
+        count = self._failures.get(name, 0) + 1
+        self._failures[name] = count
+        limit = self.kfac._pre.config.max_failures
+        if count >= limit:
+            raise _linalg.DecompositionError(
+                f"layer {name!r}: {count} consecutive curvature updates failed on its workers (max_failures="
+                f"{limit}); the last at step {self.kfac._pre.steps}: {why}")
 
+    # --------------------------------------------------------------- checkpoints
+    def gathered_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The preconditioner's ``state_dict`` with every layer, each from its first worker
+        (a collective when layers live on their workers; ``state`` itself otherwise)."""
+        if not self.partial:
+            return state
+        first = {n: w[0] for n, w in self.layer_workers.items()}
+        mine = {
+            "layers": {n: _to(v, "cpu") for n, v in state["layers"].items() if first.get(n) == self.rank},
+            "skipped": {n: c for n, c in state["skipped_updates"].items() if first.get(n) == self.rank},
+        }
+        layers: dict[str, Any] = {}
+        skipped: dict[str, int] = {}
+        for theirs in self.all_gather_object(mine):
+            layers.update({n: _to(v, self.device) for n, v in theirs["layers"].items()})
+            skipped.update(theirs["skipped"])
+        order = list(self.layer_workers)
+        return {**state, "layers": {n: layers[n] for n in order if n in layers},
+                "skipped_updates": {n: skipped[n] for n in order if n in skipped}}
+
+    def restored(self) -> None:
+        """After a checkpoint is loaded (the same on every process): keep the held layers."""
+        pre = self.kfac._pre
+        self._failures = {}
+        if not self.partial:
+            return
+        self.curved = set(pre.layers)
+        for name in list(pre.layers):
+            if not self.holds(name):
+                pre.release(name)
+
+    # --------------------------------------------------------------- preconditioning
     def share_steps(
         self, names: list[str], steps: dict[str, Any], shapes: dict[str, tuple[int, ...]]
     ) -> dict[str, Any]:
         """Send each layer's preconditioned gradient from its workers to the other processes."""
-        if self.n_workers >= self.world or not names:
+        if not self.partial or not names:
             return steps
-        workers = self.workers(names)
         start = self.bytes
         ops = []
         out = dict(steps)
         for n in names:
-            w = workers[n]
+            w = self.layer_workers[n]
             others = [r for r in range(self.world) if r not in w]
             for j, r in enumerate(others):
                 src = w[j % len(w)]
                 if self.rank == src:
-                    ops.append(torch.distributed.P2POp(torch.distributed.isend, steps[n].contiguous(),
-                                                       self._global(r), group=self.group))
-                    self.bytes += _nbytes(steps[n])
+                    ops.append(self.send(steps[n].contiguous(), r))
                 elif self.rank == r:
                     out[n] = torch.empty(shapes[n], dtype=self.kfac.factor_dtype, device=self.device)
-                    ops.append(torch.distributed.P2POp(torch.distributed.irecv, out[n], self._global(src),
-                                                       group=self.group))
-                    self.bytes += _nbytes(out[n])
-        if ops:
-            for h in torch.distributed.batch_isend_irecv(ops):
-                h.wait()
+                    ops.append(self.receive(out[n], src))
+        self.send_receive(ops)
         if self.report is not None:
             self.report = self.report._replace(bytes=self.report.bytes + self.bytes - start)
         return out
@@ -515,6 +649,13 @@ class Session:
 def _finite(x: Any) -> bool:
     m = x.matrix if isinstance(x, Gram) else x
     return bool(torch.isfinite(torch.linalg.vector_norm(m)))
+
+
+def _to(v: Any, device: Any) -> Any:
+    """A checkpoint entry (nested dicts) with its tensors on ``device``."""
+    if isinstance(v, dict):
+        return {k: _to(x, device) for k, x in v.items()}
+    return v.to(device) if isinstance(v, torch.Tensor) else v
 
 
 def _flatten(entry: Any) -> tuple[Any, list[torch.Tensor]]:

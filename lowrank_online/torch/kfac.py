@@ -446,7 +446,9 @@ class KFAC:
 
     @property
     def preconditioner(self) -> KFACPreconditioner:
-        """The :class:`~lowrank_online.curvature.KFACPreconditioner` that holds the curvature."""
+        """The :class:`~lowrank_online.curvature.KFACPreconditioner` that holds the curvature
+        (under :class:`Distributed` with ``grad_worker_fraction < 1``: of the layers this
+        process works on)."""
         return self._pre
 
     @property
@@ -749,7 +751,6 @@ class KFAC:
     def _precondition(self, lrs: dict[str, float] | None) -> None:
         names, grads, steps = [], [], []
         nonfinite = []
-        workers = None if self._dist is None else self._dist.workers(list(self._adapters))
         # The gradient matrices are the adapters' buffers or views of .grad, which receive the
         # steps anyway: the solves may work in them, unless KL-clipping or the damping's
         # quadratic model still needs the gradients after the steps are made.
@@ -757,7 +758,7 @@ class KFAC:
         for name, adapter in self._adapters.items():
             if adapter.module.weight.grad is None:
                 continue
-            if name not in self._pre.layers:
+            if not (name in self._pre.layers if self._dist is None else self._dist.has_curvature(name)):
                 if name not in self._warned and self._fed[name] == 0 and self._seen[name]:
                     self._warned.add(name)
                     warnings.warn(f"layer {name!r} has no curvature yet; its gradient is not preconditioned",
@@ -780,7 +781,7 @@ class KFAC:
                 continue
             names.append(name)
             grads.append(G)
-            if self._dist is None or self._dist.rank in workers[name]:
+            if self._dist is None or self._dist.holds(name):
                 # finiteness was checked just above (_finite_gram), more strictly
                 steps.append(self._pre.precondition(name, G, check_finite=False, overwrite_grad=overwrite))
             else:
@@ -823,7 +824,9 @@ class KFAC:
         """Tensors, numbers and strings only (``torch.load(weights_only=True)`` reads it).
 
         Statistics of micro-batches captured since the last :meth:`step` are not saved; take
-        checkpoints between steps.
+        checkpoints between steps. Under :class:`Distributed` with ``grad_worker_fraction < 1``
+        each layer's curvature lives on its workers only, and this call gathers it: call it on
+        every process (rank 0 then saves the result, which is the same on every process).
         """
         if self._window:
             warnings.warn(
@@ -835,17 +838,22 @@ class KFAC:
             "fisher": self.fisher,
             "factor_dtype": str(self.factor_dtype).replace("torch.", ""),
             "layers": {name: a.signature() for name, a in self._adapters.items()},
-            "preconditioner": self._pre.state_dict(),
+            "preconditioner": (self._pre.state_dict() if self._dist is None
+                               else self._dist.gathered_state(self._pre.state_dict())),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` onto the device of the registered parameters.
 
         Raises ``ValueError`` (and changes nothing) when the checkpoint belongs to another model
-        (other layers or shapes), another method or another factor dtype.
+        (other layers or shapes), another method or another factor dtype. Under
+        :class:`Distributed` every process loads the same checkpoint (of any world size) and
+        keeps the layers it works on.
         """
         self._pre = self._prepared_load(state)
         self._window = []
+        if self._dist is not None:
+            self._dist.restored()
 
     def _prepared_load(self, state: dict[str, Any]) -> KFACPreconditioner:
         """A new preconditioner holding ``state``, built without touching this one."""

@@ -171,7 +171,8 @@ class KFACOptimizer(torch.optim.Optimizer):
         self._link()
 
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's ``state_dict`` plus the KFAC state under ``"curvature"``."""
+        """The base optimizer's ``state_dict`` plus the KFAC state under ``"curvature"`` (a
+        collective under ``Distributed(grad_worker_fraction < 1)``, see :meth:`KFAC.state_dict`)."""
         state = self.base.state_dict()
         state[_KEY] = self.kfac.state_dict()
         return state
