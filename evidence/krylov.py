@@ -520,10 +520,12 @@ def plot(res: dict, path) -> bool:
                ("spectral", "|X - X_k|_2 / s_(k+1)", "products"),
                ("frobenius", "|X - X_k|_F / optimum", "products"),
                ("value_err", "max rel. error, top-k values", "time"))
-    fig, axes = plt.subplots(len(metrics), len(KINDS), figsize=(16, 15), squeeze=False)
+    # the spectra of this run only (a run of one spectrum drew two empty columns)
+    kinds = [k for k in KINDS if any(key[0] == k for key in curves)] or list(KINDS)
+    fig, axes = plt.subplots(len(metrics), len(kinds), figsize=(16 * len(kinds) / len(KINDS) + 1, 15), squeeze=False)
     names = list(dict.fromkeys(key[2] for key in curves))
     colors = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
-    for col, kind in enumerate(KINDS):
+    for col, kind in enumerate(kinds):
         for row, (key, label, x) in enumerate(metrics):
             ax = axes[row][col]
             for name in names:
