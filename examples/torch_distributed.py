@@ -64,6 +64,9 @@ def train(rank: int, world: int, port: int, method: str, steps: int, fraction: f
     if rank == 0:
         same = all(torch.equal(gathered[0], g) for g in gathered)
         print(f"identical checkpoint of the curvature on all {world} processes: {same}")
+    # every process done communicating before any tears the group down (gloo aborts a process
+    # whose group is destroyed while a peer is still in a collective)
+    dist.barrier()
     dist.destroy_process_group()
 
 
