@@ -252,6 +252,26 @@ def _failure_limit(rank: int, world: int) -> dict:
     return {"raised": raised}
 
 
+def _resume(saved: dict, rank: int, world: int, options) -> tuple:
+    """Resume a 2-process bkfac checkpoint for steps 2-3 on this group and on one process:
+    the worst relative difference of the preconditioned gradients, both KFACs, and the layers
+    this process held right after loading."""
+    ref_model, model = _model(torch.float64), _model(torch.float64)
+    ref = KFAC(ref_model, **_options("bkfac"))
+    kfac = KFAC(model, **_options("bkfac"), distributed=options)
+    for m, k in ((ref_model, ref), (model, kfac)):
+        m.load_state_dict(saved["model"])
+        k.load_state_dict(saved["kfac"])
+    held = list(kfac.preconditioner.layers)
+    worst = 0.0
+    for step in range(2, 4):
+        x, y = _batch(step, torch.float64)
+        want = _train_step(ref_model, ref, x, y, None)
+        got = _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
+        worst = max(worst, max(float((w - g).abs().max() / w.abs().max()) for w, g in zip(want, got, strict=True)))
+    return worst, ref, kfac, held
+
+
 def _scenario_three(rank: int, world: int, folder: str) -> dict:
     out: dict = {}
     # ranks > factors: one layer, two K-factors, three processes
@@ -259,35 +279,12 @@ def _scenario_three(rank: int, world: int, folder: str) -> dict:
     out["rkfac"] = _compare("rkfac", torch.float32, rank, world)
     # resume the 2-process checkpoint on 3 processes, against one process resuming it
     saved = torch.load(os.path.join(folder, "ckpt.pt"), weights_only=True)
-    ref_model, model = _model(torch.float64), _model(torch.float64)
-    ref = KFAC(ref_model, **_options("bkfac"))
-    kfac = KFAC(model, **_options("bkfac"), distributed=True)
-    for m, k in ((ref_model, ref), (model, kfac)):
-        m.load_state_dict(saved["model"])
-        k.load_state_dict(saved["kfac"])
-    worst = 0.0
-    for step in range(2, 4):
-        x, y = _batch(step, torch.float64)
-        want = _train_step(ref_model, ref, x, y, None)
-        got = _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
-        worst = max(worst, max(float((w - g).abs().max() / w.abs().max()) for w, g in zip(want, got, strict=True)))
+    worst, ref, kfac, _ = _resume(saved, rank, world, True)
     out["resume"] = {"worst": worst, "state": _state_of(kfac), "steps": kfac.steps}
     # the checkpoint gathered from one-worker-per-layer processes, resumed on three processes
     # with one worker per layer
     saved = torch.load(os.path.join(folder, "ckpt-workers.pt"), weights_only=True)
-    ref_model, model = _model(torch.float64), _model(torch.float64)
-    ref = KFAC(ref_model, **_options("bkfac"))
-    kfac = KFAC(model, **_options("bkfac"), distributed=Distributed(grad_worker_fraction=1 / 3))
-    for m, k in ((ref_model, ref), (model, kfac)):
-        m.load_state_dict(saved["model"])
-        k.load_state_dict(saved["kfac"])
-    held_after_load = list(kfac.preconditioner.layers)
-    worst = 0.0
-    for step in range(2, 4):
-        x, y = _batch(step, torch.float64)
-        want = _train_step(ref_model, ref, x, y, None)
-        got = _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
-        worst = max(worst, max(float((w - g).abs().max() / w.abs().max()) for w, g in zip(want, got, strict=True)))
+    worst, ref, kfac, held_after_load = _resume(saved, rank, world, Distributed(grad_worker_fraction=1 / 3))
     out["resume-workers"] = {"worst": worst, "full": _full_state_of(kfac), "ref": _state_of(ref),
                              "held": held_after_load, "held_end": list(kfac.preconditioner.layers)}
     return out
