@@ -20,7 +20,10 @@ compares the default, where a factor whose rows per process outnumber its width 
 triangular factor of their QR, with the plain row all-gather; give ``--batch`` above twice the
 widths for every factor to compress), and its ``grad_worker_fraction`` after an ``@``
 (``kfac@0.5``: each layer's curvature on one of the two processes, which sends its
-preconditioned gradient to the other).
+preconditioned gradient to the other). ``kfac:sync`` waits on each collective in
+``kfac.step()`` (``Distributed(async_op=False)``); with ``--fisher type2`` (or ``mc``) the
+default issues the statistics at the end of the forward pass, so that they travel during the
+backward pass: the two compare the overlap.
 
 ``python evidence/torch_distributed.py`` regenerates ``docs/evidence/distributed_table.rst`` (about a
 minute on 2 cores); ``--quick`` runs tiny sizes in seconds and writes nothing unless
@@ -29,28 +32,25 @@ minute on 2 cores); ``--quick`` runs tiny sizes in seconds and writes nothing un
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import os
+import pickle
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import warnings
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+import torch.distributed as dist
+from _publish import publish
+from torch import nn
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import pickle  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
+from lowrank_online.torch import KFAC, Distributed
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from _publish import publish  # noqa: E402
-from torch import nn  # noqa: E402
-
-from lowrank_online.torch import KFAC, Distributed  # noqa: E402
-
-METHODS = ("kfac", "rkfac", "bkfac", "ekfac", "kfac@0.5", "bkfac@0.5")
+METHODS = ("kfac", "rkfac", "bkfac", "ekfac", "ekfac:gram", "kfac@0.5", "bkfac@0.5")
 
 
 def _held_bytes(kfac: KFAC) -> int:
@@ -84,9 +84,10 @@ def _run(method: str, args: argparse.Namespace, rank: int, world: int) -> dict:
     model = _model(args.width, args.d_in)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        kfac = KFAC(model, method, fisher="empirical", T_updt=1, T_inv=1, rank=args.rank, damping=0.1,
-                    distributed=(Distributed(statistics=what or None, grad_worker_fraction=float(fraction or 1))
-                                 if world > 1 else None))
+        options = Distributed(statistics=None if what in ("", "sync") else what, async_op=what != "sync",
+                              grad_worker_fraction=float(fraction or 1))
+        kfac = KFAC(model, method, fisher=args.fisher, T_updt=1, T_inv=1, rank=args.rank, damping=0.1,
+                    distributed=options if world > 1 else None)
     n = args.batch // world
     times, grads, reports = [], [], []
     for step in range(args.steps + 1):
@@ -147,10 +148,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--fisher", choices=("empirical", "type2", "mc"), default="empirical",
+                        help="Fisher estimate (mc: each process draws its own targets, so the max. rel. diff. "
+                             "column compares different draws)")
     parser.add_argument("--output-dir", default=None)
     args = parser.parse_args(argv)
     args.width = args.width or (32 if args.quick else 512)
-    args.steps = args.steps or (2 if args.quick else 5)
+    args.steps = args.steps or (2 if args.quick else 15)
     args.d_in = 32 if args.quick else 256
     if args.quick:
         args.batch = min(args.batch, 32)
@@ -164,7 +168,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as folder:
-        mp.start_processes(_worker, args=(2, port, args, folder), nprocs=2, start_method="spawn")
+        # Each side under its faster OpenMP wait policy (measured): the one process of 2 threads
+        # under PyTorch's default (its threads spin between the many small parallel regions;
+        # PASSIVE made them 1.2-1.5x slower here), the 2 processes of 1 thread each under PASSIVE
+        # (their spinning runtime took the cores from the other process and from gloo's threads:
+        # 1.6x slower). The children read the environment when they start.
+        before = os.environ.get("OMP_WAIT_POLICY")
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        try:
+            mp.start_processes(_worker, args=(2, port, args, folder), nprocs=2, start_method="spawn")
+        finally:
+            if before is None:
+                os.environ.pop("OMP_WAIT_POLICY")
+            else:
+                os.environ["OMP_WAIT_POLICY"] = before
         with open(os.path.join(folder, "dist.pkl"), "rb") as f:
             two = pickle.load(f)
 
@@ -195,8 +212,9 @@ def _table(rows: list[dict], args: argparse.Namespace) -> str:
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     rule = "  ".join("=" * w for w in widths)
     title = (f"MLP {args.d_in}-{args.width}-{args.width}-10, float32, global batch {args.batch}, rank {args.rank}, "
-             f"T_updt = T_inv = 1; 2 gloo processes x 1 thread vs 1 process x 2 threads, {args.steps} timed steps "
-             "(python evidence/torch_distributed.py).")
+             f"T_updt = T_inv = 1, {args.fisher} Fisher; 2 gloo processes x 1 thread vs 1 process x 2 threads, "
+             f"{args.steps} timed steps (python evidence/torch_distributed.py"
+             f"{'' if args.fisher == 'empirical' else ' --fisher ' + args.fisher}).")
     lines = [title, "", rule, "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)), rule]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
     lines.append(rule)

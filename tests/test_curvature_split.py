@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lowrank_online import DecompositionError
 from lowrank_online.curvature import METHODS, KFACPreconditioner, registry
@@ -155,3 +157,127 @@ def test_release_drops_a_layer_and_keeps_every_seed():
     assert saved["index"] == 0 and _equal(saved, fresh.state_dict()["layers"]["first"])
     with pytest.raises(TypeError, match="layer"):
         drop.release(3)
+
+
+# ---------------------------------------------------------------------------- Gram factors
+def _gram_blocks(blocks):
+    from lowrank_online.curvature import Gram
+
+    n = sum(x.shape[0] for x, _ in blocks)
+    return (Gram(sum(x.T @ x for x, _ in blocks) / n, n), Gram(sum(y.T @ y for _, y in blocks) / n, n))
+
+
+def _split_update(pre, layer, blocks):
+    """What data-parallel processes do: Gram factors summed over the blocks of rows, the
+    eigenbasis from one of them, the moments of every block in it, summed."""
+    A, G = _gram_blocks(blocks)
+    given = pre.decompose(layer, A, G) if pre.decompositions_due(layer) else None
+    moments = None
+    if registry.lookup(pre.method_of(layer)).takes_moments:
+        moments = sum(pre.eigenbasis_moments(layer, x, y, decompositions=given) for x, y in blocks)
+    pre.update(layer, A, G, decompositions=given, moments=moments)
+
+
+@given(method=st.sampled_from(["kfac", "rkfac", "ekfac", "ekfac-ra"]), n=st.integers(2, 12), d_a=st.integers(1, 6),
+       d_g=st.integers(1, 5), cuts=st.lists(st.integers(1, 11), max_size=3),
+       dtype=st.sampled_from(["float64", "float32"]))
+@settings(max_examples=40, deadline=None)
+def test_gram_factors_of_row_blocks_give_the_update_of_the_rows(method, n, d_a, d_g, cuts, dtype):
+    """Gram factors (and for EKFAC the summed moments in the new eigenbasis) of any split of a
+    batch into blocks of rows: the update of the rows themselves, against a dense reference of
+    the steps (the row path), over eigenbasis and non-eigenbasis steps (T_inv = 2)."""
+    rtol = {"float64": 1e-9, "float32": 2e-3}[dtype]
+    rows, split = KFACPreconditioner(method, T_inv=2, damping=0.1), KFACPreconditioner(method, T_inv=2, damping=0.1)
+    rng = np.random.default_rng(n * 100 + d_a * 10 + d_g)
+    bounds = sorted({c for c in cuts if c < n})
+    for _ in range(4):
+        a = rng.standard_normal((n, d_a)).astype(dtype)
+        g = rng.standard_normal((n, d_g)).astype(dtype)
+        rows.update("fc", a, g)
+        edges = [0, *bounds, n]
+        _split_update(split, "fc", [(a[i:j], g[i:j]) for i, j in zip(edges, edges[1:], strict=False)])
+        grad = rng.standard_normal((d_g, d_a)).astype(dtype)
+        want, got = rows.precondition("fc", grad), split.precondition("fc", grad)
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
+        rows.step()
+        split.step()
+
+
+def test_ekfac_gram_factors_and_moments_refuse_bad_input_and_change_nothing():
+    from lowrank_online.curvature import Gram
+
+    pre = KFACPreconditioner("ekfac", T_inv=2)
+    a, g = _stats(0)
+    blocks = [(a[:3], g[:3]), (a[3:], g[3:])]
+    A, G = _gram_blocks(blocks)
+    with pytest.raises(ValueError, match="due at step 0"):
+        pre.eigenbasis_moments("fc", a, g)  # no eigenbasis yet: it must be given
+    first = pre.decompose("fc", A, G)
+    assert "scalings" not in first["eigenbasis"]  # carried only; there is nothing to carry yet
+    with pytest.raises(ValueError, match="`moments`"):
+        pre.update("fc", A, G, decompositions=first)  # Gram factors alone do not give the scalings
+    _split_update(pre, "fc", blocks)
+    pre.step()
+    before = pre.state_dict()
+    a, g = _stats(1)
+    A, G = _gram_blocks([(a, g)])
+    M = pre.eigenbasis_moments("fc", a, g)  # step 1: not due, the current basis
+    bad = [
+        (dict(moments=M[:-1]), ValueError, "shape"),
+        (dict(moments=np.full_like(M, np.nan)), ValueError, "NaN"),
+        (dict(moments=M.astype(np.float32)), TypeError, "dtype"),
+        (dict(moments=M.tolist()), TypeError, "moments"),
+    ]
+    for kwargs, err, word in bad:
+        with pytest.raises(err, match=word):
+            pre.update("fc", A, G, **kwargs)
+        assert _equal(pre.state_dict(), before)
+    with pytest.raises(ValueError, match="Gram factors"):
+        pre.update("fc", a, g, moments=M)  # rows give their own moments
+    with pytest.raises(TypeError, match="rows"):
+        pre.eigenbasis_moments("fc", A, G)
+    assert _equal(pre.state_dict(), before)
+    pre.update("fc", A, G, moments=M)
+    pre.step()
+    a, g = _stats(2)
+    A, G = _gram_blocks([(a, g)])
+    M = pre.eigenbasis_moments("fc", a, g, decompositions=pre.decompose("fc", A, G))
+    before = pre.state_dict()
+    with pytest.raises(ValueError, match="eigenbasis .* is due"):
+        pre.update("fc", A, G, moments=M)  # step 2: the moments are in a basis not given
+    given = pre.decompose("fc", A, G)
+    lost = {"eigenbasis": {k: v for k, v in given["eigenbasis"].items() if k != "scalings"}}
+    with pytest.raises(ValueError, match="no scalings"):
+        pre.update("fc", A, G, decompositions=lost, moments=M)
+    assert _equal(pre.state_dict(), before)
+    # the other methods: no moments, and the B-methods need rows
+    kfac = KFACPreconditioner("kfac")
+    with pytest.raises(ValueError, match="`moments` is for EKFAC"):
+        kfac.update("fc", A, G, moments=M)
+    kfac.update("fc", A, G)
+    with pytest.raises(ValueError, match="no eigenbasis moments"):
+        kfac.eigenbasis_moments("fc", a, g)
+    with pytest.raises(ValueError, match="needs the rows"):
+        KFACPreconditioner("bkfac").update("fc", A, G)
+    with pytest.raises(ValueError, match="rows"):
+        KFACPreconditioner("ekfac").update("fc", A, Gram(G.matrix, G.rows + 1), moments=M)
+
+
+@pytest.mark.parametrize("method", ["ekfac", "ekfac-ra"])
+def test_ekfac_gram_factors_and_moments_on_every_backend(xp, method):
+    """The split update on every namespace: arrays of the caller's namespace and dtype, the
+    row update's step."""
+    from _helpers import asarray, to_np
+
+    rows, split = KFACPreconditioner(method, T_inv=2), KFACPreconditioner(method, T_inv=2)
+    for step in range(3):
+        a, g = _stats(step)
+        rows.update("fc", asarray(xp, a), asarray(xp, g))
+        _split_update(split, "fc", [(asarray(xp, a[:4]), asarray(xp, g[:4])), (asarray(xp, a[4:]), asarray(xp, g[4:]))])
+        rows.step()
+        split.step()
+    grad = asarray(xp, np.ones((4, 5)))
+    got = split.precondition("fc", grad)
+    assert type(got) is type(grad) and got.dtype == grad.dtype
+    np.testing.assert_allclose(to_np(got), to_np(rows.precondition("fc", grad)), rtol=1e-10)

@@ -167,6 +167,20 @@ def _scenario_two(rank: int, world: int, folder: str) -> dict:
     out["bkfac-rows"] = _compare("bkfac", torch.float64, rank, world, dist_options=Distributed(statistics="rows"))
     out["kfac-compressed"] = _compare("kfac", torch.float64, rank, world,
                                       dist_options=Distributed(statistics="compressed"))
+    # EKFAC from Gram factors and the moments of each process's rows in the new eigenbasis
+    for method in ("ekfac", "ekfac-ra"):
+        out[f"{method}-gram"] = _compare(method, torch.float64, rank, world,
+                                         dist_options=Distributed(statistics="gram"))
+    out["ekfac-rows"] = _compare("ekfac", torch.float64, rank, world, dist_options=Distributed(statistics="rows"))
+    out["ekfac-gram-f32"] = _compare("ekfac", torch.float32, rank, world, dist_options=Distributed(statistics="gram"))
+    out["moments-failure"] = _moments_failure(rank, world)
+    # the type-2 Fisher's passes run in the forward pass: its statistics travel during backward
+    for method in ("kfac", "bkfac", "ekfac"):
+        out[f"{method}-type2"] = _compare(method, torch.float64, rank, world, extra={"fisher": "type2"})
+    out["kfac-type2-sync"] = _compare("kfac", torch.float64, rank, world, extra={"fisher": "type2"},
+                                      dist_options=Distributed(async_op=False))
+    out["discarded"] = _discarded(rank, world)
+    out["measured"] = _measured(rank, world)
     out["failure"] = _failure(rank, world)
     out["failure-workers"] = _failure(rank, world, Distributed(grad_worker_fraction=0.5))
     out["failure-limit"] = _failure_limit(rank, world)
@@ -220,6 +234,79 @@ def _failure(rank: int, world: int, options: Distributed | None = None) -> dict:
     report = kfac.distributed_report
     return {"before": before, "after": _full_state_of(kfac), "failed": report.failed, "owners": report.owners,
             "skipped": dict(pre.skipped_updates), "warnings": caught, "held": list(pre.layers)}
+
+
+def _discarded(rank: int, world: int) -> dict:
+    """A capturing forward pass without a step, then a training step (type-2 Fisher): the first
+    window's exchange, already issued, is dropped on every process with the window, and the
+    step is the one of a single process discarding the same pass."""
+    ref_model, model = _model(torch.float64), _model(torch.float64)
+    opts = _options("kfac", fisher="type2")
+    ref, kfac = KFAC(ref_model, **opts), KFAC(model, **opts, distributed=True)
+    worst, warned = 0.0, []
+    for step in range(3):
+        x, y = _batch(step, torch.float64)
+        junk, _ = _batch(50 + step, torch.float64)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            ref_model(junk)
+            model(_shard(junk, rank, world))
+            want = _train_step(ref_model, ref, x, y, None)
+            got = _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
+        warned += [str(m.message) for m in w if "discarded" in str(m.message)]
+        worst = max(worst, max(float((a - b).abs().max() / a.abs().max()) for a, b in zip(want, got, strict=True)))
+    return {"worst": worst, "warned": len(warned), "overlapped": kfac.distributed_report.overlapped}
+
+
+def _measured(rank: int, world: int) -> dict:
+    """The smallest factor (layer "4", Gamma: 3 x 3, the cheapest by its estimate) made slow on
+    whichever process computes it: from the next step on it is alone on one process."""
+    model = _model(torch.float64)
+    kfac = KFAC(model, **_options("kfac", T_inv=1), distributed=True)
+    pre = kfac.preconditioner
+    original = pre.decompose
+
+    def slow(layer, a, g, parts=None):
+        if layer == "4" and list(parts) == ["G"]:
+            time.sleep(0.2)
+        return original(layer, a, g, parts)
+
+    pre.decompose = slow
+    owners = []
+    for step in range(3):
+        x, y = _batch(step, torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
+        owners.append(kfac.distributed_report.owners)
+    return {"owners": owners}
+
+
+def _moments_failure(rank: int, world: int) -> dict:
+    """EKFAC from Gram factors: at step 1 the moments of rank 1's rows overflow there. Both
+    processes skip the update of every layer (the sum is NaN everywhere), keep their state and
+    go on; nobody waits."""
+    model = _model(torch.float64)
+    kfac = KFAC(model, **_options("ekfac"), distributed=Distributed(statistics="gram"))
+    pre = kfac.preconditioner
+    original = pre.eigenbasis_moments
+
+    def broken(layer, a, g, decompositions=None):
+        if pre.steps == 1:
+            raise ValueError("injected overflow of the moments")
+        return original(layer, a, g, decompositions=decompositions)
+
+    if rank == 1:
+        pre.eigenbasis_moments = broken
+    states = []
+    for step in range(3):
+        states.append(_state_of(kfac))
+        x, y = _batch(step, torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _train_step(model, kfac, _shard(x, rank, world), _shard(y, rank, world), world)
+    states.append(_state_of(kfac))
+    return {"states": states, "skipped": dict(pre.skipped_updates)}
 
 
 def _failure_limit(rank: int, world: int) -> dict:
@@ -362,6 +449,78 @@ def test_options_keep_the_single_process_result(two, variant):
     _same(results[0][variant]["full"], results[1][variant]["full"])
 
 
+@pytest.mark.parametrize("variant", ["ekfac-gram", "ekfac-ra-gram", "ekfac-gram-f32"])
+def test_ekfac_from_gram_factors_and_moments_keeps_the_single_process_result(two, variant):
+    """EKFAC's statistics as Gram all-reduces (factors) plus one all-reduce of the moments in
+    the new eigenbasis, instead of the rows: the single process's gradients, identical states."""
+    _, results = two
+    rtol = 1e-4 if variant.endswith("f32") else 1e-6
+    for res in results:
+        assert res[variant]["worst"] <= rtol, (variant, res[variant]["worst"])
+    _same(results[0][variant]["full"], results[1][variant]["full"])
+    _, d_a, d_g = 0, [7, 6, 5], [5, 4, 3]
+    floats = sum(a * a + g * g + a * g for a, g in zip(d_a, d_g, strict=True))
+    itemsize = 4 if variant.endswith("f32") else 8
+    counts = 8 * 4 * 2  # the counts all-gather: terms + 3 layers, float64, 2 processes
+    for rep in results[0][variant]["reports"]:
+        assert rep.statistics_bytes == floats * itemsize + counts, rep.statistics_bytes
+    if variant == "ekfac-gram":
+        # gathered as rows: 2 processes x 6 rows x (d_a + d_g) per layer, fewer here by default
+        rows = results[0]["ekfac-rows"]["reports"][0].statistics_bytes
+        assert rows == 2 * 6 * sum(a + g for a, g in zip(d_a, d_g, strict=True)) * 8 + counts
+        assert results[0][variant]["reports"][0].statistics_bytes < rows
+        assert results[0][("ekfac", "torch.float64")]["reports"][0].statistics_bytes == \
+            results[0][variant]["reports"][0].statistics_bytes
+        assert results[0]["ekfac-rows"]["worst"] <= rtol
+
+
+@pytest.mark.parametrize("method", ["kfac", "bkfac", "ekfac"])
+def test_statistics_issued_in_the_forward_pass_keep_the_single_process_result(two, method):
+    """With the type-2 (or Monte-Carlo) Fisher the statistics are complete at the end of the
+    forward pass and travel during the backward pass; waiting on each collective in step()
+    instead (async_op=False) gives the same result."""
+    _, results = two
+    for res in results:
+        assert res[f"{method}-type2"]["worst"] <= 1e-6, res[f"{method}-type2"]["worst"]
+        assert all(rep.overlapped for rep in res[f"{method}-type2"]["reports"])
+        assert not any(rep.overlapped for rep in res[(method, "torch.float64")]["reports"])  # empirical
+    _same(results[0][f"{method}-type2"]["full"], results[1][f"{method}-type2"]["full"])
+    if method == "kfac":
+        for res in results:
+            assert not any(rep.overlapped for rep in res["kfac-type2-sync"]["reports"])
+        _close(results[0]["kfac-type2-sync"]["full"], results[0]["kfac-type2"]["full"], 1e-12)
+
+
+def test_owners_follow_the_measured_cost(two):
+    _, results = two
+    assert results[0]["measured"] == results[1]["measured"]  # every process, the same owners
+    first = results[0]["measured"]["owners"][0]
+    # by the estimates it is the smallest of six parts, placed last beside others
+    assert len([slot for slot, r in first.items() if r == first[("4", "G")]]) > 1, first
+    for owners in results[0]["measured"]["owners"][1:]:
+        slow = owners[("4", "G")]
+        assert [slot for slot, r in owners.items() if r == slow] == [("4", "G")], owners
+
+
+def test_a_discarded_window_drops_its_started_exchange(two):
+    _, results = two
+    for res in results:
+        # one warning per step from each KFAC, the single process's and the distributed one
+        assert res["discarded"]["worst"] <= 1e-6 and res["discarded"]["warned"] == 6
+        assert res["discarded"]["overlapped"]
+
+
+def test_ekfac_moments_that_overflow_on_one_process_skip_everywhere(two):
+    _, results = two
+    s0, s1 = results[0]["moments-failure"], results[1]["moments-failure"]
+    assert s0["skipped"] == s1["skipped"] == {"0": 1, "2": 1, "4": 1}
+    for r in (s0, s1):
+        _same(r["states"][1]["layers"], r["states"][2]["layers"])  # step 1: kept
+        with pytest.raises(AssertionError):
+            _same(r["states"][2]["layers"], r["states"][3]["layers"])  # step 2: updated again
+    _same(s0["states"][3], s1["states"][3])
+
+
 @pytest.mark.parametrize("method", ["kfac", "bkfac", "ekfac"])
 def test_grad_workers_alone_hold_their_layers(two, method):
     """grad_worker_fraction = 1 / world: each layer's curvature on one process, the gathered
@@ -372,7 +531,9 @@ def test_grad_workers_alone_hold_their_layers(two, method):
     assert held[0] and held[1] and not held[0] & held[1] and held[0] | held[1] == everything == {"0", "2", "4"}
     for res, mine in zip(results, held, strict=True):
         assert set(res[f"{method}-workers"]["state"]["layers"]) == mine
-    reference = results[0]["bkfac-full" if method == "bkfac" else (method, "torch.float64")]
+    # (EKFAC gathers rows when layers live on their workers; with every process holding every
+    # layer it sends Gram factors and moments by default here, fewer bytes)
+    reference = results[0][{"bkfac": "bkfac-full", "ekfac": "ekfac-rows"}.get(method, (method, "torch.float64"))]
     _close(results[0][f"{method}-workers"]["full"], reference["full"], 1e-12)
     # a process receives no decomposition of the layers it does not hold: fewer bytes
     assert results[0][f"{method}-workers"]["reports"][0].bytes < reference["reports"][0].bytes

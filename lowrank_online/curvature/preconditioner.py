@@ -324,9 +324,10 @@ class KFACPreconditioner:
             raise TypeError("`a` and `g` must both be rows or both be Gram factors, got "
                             f"{type(a).__name__} and {type(g).__name__}")
         spec = registry.lookup(self.config.method_of(layer))
-        if not spec.takes_gram:
+        if not (spec.takes_gram or spec.takes_moments):
             raise ValueError(f"layer {layer!r} ({self.config.method_of(layer)}) needs the rows of its statistics: "
-                             "only methods whose factors are all dense (kfac, rkfac) take Gram factors")
+                             "only methods whose factors are all dense (kfac, rkfac) and EKFAC (with the batch's "
+                             "moments) take Gram factors")
         xp = _array.namespace(("a.matrix", a.matrix), ("g.matrix", g.matrix))
         for what, x in (("a", a), ("g", g)):
             _validate.check_detached(x.matrix, f"{what}.matrix")
@@ -381,7 +382,8 @@ class KFACPreconditioner:
                              f"got {tuple(grad.shape)}")
 
     # ---------------------------------------------------------------- operations
-    def update(self, layer: str, a: Any, g: Any, *, decompositions: dict[str, Any] | None = None) -> None:
+    def update(self, layer: str, a: Any, g: Any, *, decompositions: dict[str, Any] | None = None,
+               moments: Any = None) -> None:
         """Feed one batch of statistics of ``layer``: activations ``a`` (N x d_in, ones column
         included by the caller for a bias) and pre-activation gradients ``g`` (N x d_out).
 
@@ -406,13 +408,20 @@ class KFACPreconditioner:
         be :class:`~lowrank_online.curvature.Gram` factors ``Gram(a^T a / N, N)`` and
         ``Gram(g^T g / N, N)``: the update is then the one of those rows (up to rounding),
         which is what data-parallel processes can sum instead of gathering rows.
+
+        EKFAC (and EKFAC-ra) take Gram factors together with ``moments``, the sum over the
+        batch's rows of :meth:`eigenbasis_moments` in the eigenbasis the layer holds after this
+        update (processes that hold parts of the batch sum theirs). When the eigenbasis is due,
+        that basis must be given in ``decompositions`` (:meth:`decompose` of the same Gram
+        factors, whose scalings are then carried only: the update averages the batch in).
         """
         xp = self._check_stats(layer, a, g)
         self._check_schedules(self.steps)
         known = self._known(layer, a, g, xp)
         given = self._check_decompositions(layer, known, decompositions)
+        moments = self._check_moments(layer, known, a, given, moments)
         compute = None if not given else tuple(p for p in known.family.parts if p not in given)
-        new, reason = self._compute(known, a, g, compute, given)
+        new, reason = self._compute(known, a, g, compute, given, moments)
         if new is None:
             self._failed(layer, reason)
             return
@@ -489,6 +498,60 @@ class KFACPreconditioner:
                                              f"{self.steps}: {reason}")
         return {p: _state.to_dict(new if family.extract is None else family.extract(new, p)) for p in compute}
 
+    def eigenbasis_moments(self, layer: str, a: Any, g: Any, *, decompositions: dict[str, Any] | None = None) -> Any:
+        """The sums over the rows ``(a, g)`` that an EKFAC layer's scalings need, in the
+        eigenbasis the layer holds after an :meth:`update` with ``decompositions`` (the
+        current one when none is given): ``sum_i (Q_G^T g_i)^2 (Q_A^T a_i)^{2T}`` for EKFAC,
+        ``Q_G^T (sum_i g_i a_i^T) Q_A`` for EKFAC-ra (paper 004, Alg. 1 and Sec. 3.2).
+
+        Both add up over blocks of rows: data-parallel processes sum theirs (an all-reduce of
+        a ``d_out x d_in`` array) and pass the total to ``update(layer, Gram(...), Gram(...),
+        moments=...)`` instead of gathering the rows. Nothing changes here.
+
+        Raises ``ValueError`` for a layer that is not EKFAC's, or whose eigenbasis is due
+        (or which has none yet) while ``decompositions`` does not give it.
+        """
+        if isinstance(a, Gram) or isinstance(g, Gram):
+            raise TypeError("`a` and `g` must be rows: the moments are sums over them")
+        xp = self._check_stats(layer, a, g)
+        known = self._known(layer, a, g, xp)
+        if known.family.moments is None:
+            raise ValueError(f"layer {layer!r} ({known.method}) has no eigenbasis moments: only EKFAC's scalings "
+                             "need them")
+        given = self._check_decompositions(layer, known, decompositions)
+        payload = given.get("eigenbasis")
+        if payload is None and "eigenbasis" in self._due_parts(known):
+            raise ValueError(f"the eigenbasis of layer {layer!r} is due at step {self.steps}: the moments must be "
+                             "taken in the new one; pass decompositions={'eigenbasis': ...} from decompose()")
+        return known.family.moments(known.state, a, g, payload)
+
+    def _check_moments(self, layer: str, known: _Layer, a: Any, given: dict[str, Any], moments: Any) -> Any:
+        """``moments`` of :meth:`update`: with Gram factors for EKFAC, never otherwise."""
+        gram = isinstance(a, Gram)
+        if moments is None:
+            if gram and known.family.moments is not None:
+                raise ValueError(f"layer {layer!r} ({known.method}) fed Gram factors needs `moments` (the batch's "
+                                 "eigenbasis_moments): its scalings depend on more than the Gram matrices")
+            return None
+        if known.family.moments is None:
+            raise ValueError(f"`moments` is for EKFAC layers; layer {layer!r} is {known.method}")
+        if not gram:
+            raise ValueError("`moments` goes with Gram factors; rows give their moments themselves")
+        xp = _array.namespace(("moments", moments))
+        _validate.check_array(moments, "moments", xp, ndim=2, finite=True)
+        self._check_known(layer, known, xp, moments, "`moments`")
+        if tuple(moments.shape) != (known.d_g, known.d_a):
+            raise ValueError(f"`moments` of layer {layer!r} must have shape {(known.d_g, known.d_a)}, "
+                             f"got {tuple(moments.shape)}")
+        payload = given.get("eigenbasis")
+        if payload is None and "eigenbasis" in self._due_parts(known):
+            raise ValueError(f"the eigenbasis of layer {layer!r} is due at step {self.steps}: with `moments`, pass "
+                             "decompositions={'eigenbasis': ...} from decompose() of the same Gram factors")
+        if payload is not None and payload.scalings is None and known.state is not None:
+            raise ValueError("`decompositions['eigenbasis']` has no scalings, but layer "
+                             f"{layer!r} has some to carry into the new basis")
+        return moments
+
     def skip_update(self, layer: str, reason: str) -> None:
         """Take the skip path of a failed :meth:`update` for an update that failed elsewhere
         (a decomposition that another process computes for this one): the state is kept, the
@@ -557,10 +620,11 @@ class KFACPreconditioner:
             out[part] = payload
         return out
 
-    def _compute(self, known: _Layer, a: Any, g: Any, compute: Any, given: dict[str, Any]) -> tuple[Any, str]:
+    def _compute(self, known: _Layer, a: Any, g: Any, compute: Any, given: dict[str, Any],
+                 moments: Any = None) -> tuple[Any, str]:
         """The new state (or None and why), retried in float64 for a float32 layer."""
         xp = known.xp
-        new, reason = self._attempt(known, known.state, a, g, compute, given)
+        new, reason = self._attempt(known, known.state, a, g, compute, given, moments)
         if new is None and _array.is_float32(xp, known.dtype) and _array.core_dtype(xp, known.device) == xp.float64:
             def up(x: Any) -> Any:
                 return _array.astype(x, xp.float64, xp)
@@ -568,7 +632,7 @@ class KFACPreconditioner:
             state64 = None if known.state is None else _state.map_arrays(known.state, up)
             given64 = {p: _state.map_arrays(v, up) for p, v in given.items()}
             new64, reason64 = self._attempt(known, state64, map_statistics(a, up), map_statistics(g, up), compute,
-                                            given64)
+                                            given64, None if moments is None else up(moments))
             if new64 is not None:
                 new = _state.map_arrays(new64, lambda x: _array.astype(x, xp.float32, xp))
                 if not _state.all_finite(new, xp):
@@ -578,7 +642,7 @@ class KFACPreconditioner:
         return new, reason
 
     def _attempt(self, known: _Layer, state: Any, a: Any, g: Any, compute: Any = None,
-                 given: dict[str, Any] | None = None) -> tuple[Any, str]:
+                 given: dict[str, Any] | None = None, moments: Any = None) -> tuple[Any, str]:
         """``(new state, "")``, or ``(None, why)`` when the computation failed numerically.
 
         Overflow is detected on the result (a non-finite state), so NumPy's floating-point
@@ -591,12 +655,14 @@ class KFACPreconditioner:
                 if family.install is None and "state" in given:
                     new = given["state"]  # the whole update was computed elsewhere
                 else:
+                    extra = {} if moments is None else {"moments": moments}
                     if state is None:
-                        new = family.init(a, g, self.steps, compute=compute)
+                        new = family.init(a, g, self.steps, compute=compute, **extra)
                     else:
-                        new = family.update(state, a, g, self.steps, compute=compute)
+                        new = family.update(state, a, g, self.steps, compute=compute, **extra)
                     for part, payload in given.items():
-                        new = family.install(new, part, payload)
+                        new = family.install(new, part, payload, a, g, **extra) if extra else \
+                            family.install(new, part, payload)
         except _linalg._LINALG_ERRORS as err:
             return None, str(err) or type(err).__name__
         if not _state.all_finite(new, known.xp):

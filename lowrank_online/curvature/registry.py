@@ -70,6 +70,13 @@ class MethodSpec(NamedTuple):
         return self.family == "kfac" and all(kind in ("eigh", "reigh") for kind in self.kinds)
 
     @property
+    def takes_moments(self) -> bool:
+        """Whether the method takes :class:`~lowrank_online.curvature.Gram` factors together with
+        the batch's moments in its eigenbasis (EKFAC, EKFAC-ra): what its scalings need of the
+        rows beyond their Gram matrices, summable over processes like them."""
+        return self.family == "ekfac"
+
+    @property
     def unpaired_rows(self) -> bool:
         """Whether each factor is kept from its own rows (the K-FAC family): the update depends
         on the batch's ``a`` and ``g`` only through ``a^T a`` and ``g^T g``, so either may be

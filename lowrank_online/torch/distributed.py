@@ -6,13 +6,16 @@ step every process of the group that holds a layer ends with the factors of the
 
 * methods whose factors are all dense (kfac, rkfac) all-reduce each layer's ``a^T a`` and
   ``g^T g`` (a :class:`~lowrank_online.curvature.Gram` each) when that is fewer bytes than the
-  rows, else gather the rows;
-* the other methods (the B-methods, EKFAC, the pair and Kronecker-sum families) need the rows of
-  ``a`` and ``g``: they are all-gathered, so every process feeds exactly the batch a single
-  process would;
+  rows, else gather the rows; EKFAC likewise, plus one all-reduce of the moments of every
+  process's rows in the new eigenbasis, which its scalings need;
+* the B-methods gather each factor's rows or, where they outnumber its width, their triangular
+  QR factor; the pair and Kronecker-sum families (and EKFAC when its rows are fewer bytes, or
+  its layers live on their workers) need the rows of ``a`` and ``g``: they are all-gathered,
+  so every process feeds exactly the batch a single process would;
 * each due decomposition (a K-factor's EVD, randomized EVD or B-update; EKFAC's eigenbasis; the
   whole update of the other families) is computed by one owner process, chosen greedily by
-  estimated cost (:func:`assign_owners`), and broadcast to the others, which install it
+  cost (:func:`assign_owners`; each part's time as its owner last measured it, estimated
+  flops before), and broadcast to the others, which install it
   (:meth:`~lowrank_online.curvature.KFACPreconditioner.update` with ``decompositions=``);
 * with ``grad_worker_fraction < 1`` a layer's curvature lives on its workers only: its
   decompositions are computed by one of them and sent to the others, the other processes
@@ -78,9 +81,10 @@ class Distributed:
         rounded statistics, so the factors stay identical). Decompositions always travel in the
         factors' dtype (eigenvectors rounded to bf16 are not orthonormal).
     statistics : {None, "rows", "gram", "compressed"}
-        What travels. For the methods that can take either (kfac, rkfac), None (default) picks
-        the fewer bytes per layer, ``N (d_a + d_g)`` rows against ``d_a^2 + d_g^2`` Gram
-        entries; ``"gram"`` forces the Gram all-reduce for them. The other methods of the
+        What travels. For the methods that can take either (kfac, rkfac, and EKFAC when every
+        process holds every layer), None (default) picks the fewer bytes per layer,
+        ``N (d_a + d_g)`` rows against ``d_a^2 + d_g^2`` Gram entries (EKFAC: ``+ d_a d_g``
+        moments); ``"gram"`` forces the Gram all-reduce for them. The other methods of the
         K-FAC family (the B-methods, ``auto``) maintain each factor from its own rows, so by
         default (and with ``"compressed"``, which extends it to kfac and rkfac) a process whose
         ``N`` rows of ``a`` outnumber their width ``d_a`` sends instead the ``d_a x d_a``
@@ -88,11 +92,13 @@ class Distributed:
         ``g``: the gathered blocks have the Gram matrix of the concatenated batch, so the
         B-update is the one of that batch up to rounding, for ``min(N, d)`` rows per factor
         and process (convolutions' patch rows, sequence positions). ``"rows"`` gathers the
-        rows as they are. Methods whose statistics pair each row of ``a`` with its row of
-        ``g`` (EKFAC, the pair and Kronecker-sum families) always gather rows.
+        rows as they are. The pair and Kronecker-sum families, whose statistics pair each row of
+        ``a`` with its row of ``g``, always gather rows.
     async_op : bool
         Issue each step's collectives together as asynchronous work and wait once (default
-        True); False waits on each one (for debugging).
+        True), and with the ``"mc"`` / ``"type2"`` Fisher issue the statistics at the end of
+        the forward pass, so that they travel during the backward pass; False waits on each
+        collective in :meth:`KFAC.step` (for debugging, or to measure the overlap).
 
     Raises
     ------
@@ -137,6 +143,8 @@ class StepReport(NamedTuple):
     computed none of them (0 when none was due). ``failed``: ``{(layer, part): message}``.
     ``seconds``: wall time of the step's curvature work on this process.
     ``statistics_bytes``: the part of ``bytes`` that is the counts and the statistics.
+    ``overlapped``: whether the statistics were issued at the end of the forward pass (so
+    that they travelled during the backward pass) rather than in :meth:`KFAC.step`.
     """
 
     step: int
@@ -146,6 +154,7 @@ class StepReport(NamedTuple):
     failed: dict[tuple[str, str], str]
     seconds: float
     statistics_bytes: int = 0
+    overlapped: bool = False
 
 
 def assign_owners(costs: list[float], world_size: int, candidates: list[list[int]] | None = None) -> list[int]:
@@ -221,6 +230,17 @@ class _Work:
         self.handles = []
 
 
+class _Exchange(NamedTuple):
+    """A statistics exchange in flight: each layer's finishing function, the parts due (known
+    from the counts), the work to wait for, the bytes so far, the seconds spent issuing it."""
+
+    pending: dict[str, Any]
+    due: dict[str, tuple[str, ...]]
+    work: _Work
+    bytes: int
+    seconds: float
+
+
 class Session:
     """The collective side of one :class:`KFAC`: every method is called on every process."""
 
@@ -242,6 +262,13 @@ class Session:
         # Layers whose workers hold curvature, known on every process (the same on all of them:
         # it changes only through decompositions whose outcome every process learns).
         self.curved: set[str] = set()
+        # This process's rows of the layers whose Gram factors travel with moments (EKFAC), kept
+        # for one statistics step.
+        self._local: dict[str, tuple[Any, Any]] = {}
+        self._moment_bytes = 0
+        self._started: _Exchange | None = None
+        # (layer, part) -> (seconds its owner took last time, its estimated cost then)
+        self._timings: dict[tuple[str, str], tuple[float, float]] = {}
         # Consecutive failed updates of the layers held elsewhere (their workers count theirs in
         # the preconditioner), so that every process raises at max_failures together.
         self._failures: dict[str, int] = {}
@@ -309,12 +336,38 @@ class Session:
         return out
 
     # --------------------------------------------------------------- statistics step
+    def start(self) -> None:
+        """Issue this statistics step's exchange as soon as its statistics are complete: at the
+        end of the window's last forward pass when the Fisher's backward passes run inside it
+        (``"mc"``, ``"type2"``), so that the transfers overlap the user's backward pass (and
+        DDP's gradient all-reduce); :meth:`feed` then only waits for them. A collective: every
+        process calls it at the same point (they run the same forward passes)."""
+        self.drop()
+        self._started = self._begin()
+
+    def drop(self) -> None:
+        """Forget an exchange started for a window that is discarded (waiting for it first:
+        every process issued it)."""
+        started, self._started = self._started, None
+        if started is not None:
+            started.work.wait()
+        self._local = {}
+
     def feed(self) -> None:
         """The distributed replacement of ``KFAC._feed``: exchange, decompose, install."""
+        started, self._started = self._started, None
+        try:
+            self._complete(started if started is not None else self._begin(), started is not None)
+        finally:
+            self._local = {}
+
+    def _begin(self) -> _Exchange:
+        """Counts, then every layer's statistics issued as asynchronous work."""
         kfac = self.kfac
         pre = kfac._pre
         start = time.perf_counter()
         self.bytes = 0
+        self._local = {}
         names = list(kfac._adapters)
         # 1. counts: terms of the loss and rows per layer on every process, and (when layers live
         # on their workers only) each held layer's due decompositions, which only its workers know
@@ -330,7 +383,6 @@ class Session:
                 mask = int(counts[self.layer_workers[name][0], 1 + len(names) + i])
                 parts = registry.lookup(pre.method_of(name)).parts
                 due[name] = tuple(p for j, p in enumerate(parts) if mask >> j & 1)
-        stats: dict[str, tuple[Any, Any]] = {}
         work = _Work(self.options.async_op)
         pending: dict[str, Any] = {}
         for i, name in enumerate(names):
@@ -339,17 +391,24 @@ class Session:
             if total == 0:
                 continue
             pending[name] = self._exchange(name, rows_per_rank, terms, work)
-        work.wait()
-        exchanged = self.bytes
+        return _Exchange(pending, due, work, self.bytes, time.perf_counter() - start)
+
+    def _complete(self, exchange: _Exchange, early: bool) -> None:
+        kfac = self.kfac
+        pre = kfac._pre
+        start = time.perf_counter()
+        self.bytes = exchange.bytes
+        exchange.work.wait()
         skipped = []
-        for name, finish in pending.items():
+        stats: dict[str, tuple[Any, Any]] = {}
+        for name, finish in exchange.pending.items():
             a, g = finish()
             if not (_finite(a) and _finite(g)):
                 skipped.append(name)
                 continue
             stats[name] = (a, g)
         kfac._window = []
-        self._decompose_and_install(stats, due)
+        self._decompose_and_install(stats, exchange.due)
         for name, (a, g) in stats.items():
             kfac._fed[name] += 1
             if kfac.keep_statistics:
@@ -358,10 +417,10 @@ class Session:
             import warnings
 
             warnings.warn(f"KFAC: the statistics of {skipped} at step {pre.steps} are not finite (fp16 overflow?); "
-                          "their curvature update is skipped and their curvature kept", RuntimeWarning, stacklevel=4)
+                          "their curvature update is skipped and their curvature kept", RuntimeWarning, stacklevel=5)
         report = self.report
-        self.report = report._replace(bytes=self.bytes, seconds=time.perf_counter() - start,
-                                      statistics_bytes=exchanged)
+        self.report = report._replace(bytes=self.bytes, seconds=exchange.seconds + time.perf_counter() - start,
+                                      statistics_bytes=exchange.bytes + self._moment_bytes, overlapped=early)
 
     def _due_mask(self, name: str) -> int:
         """The parts of a held layer that are due, as bits in the order of the method's parts
@@ -375,12 +434,15 @@ class Session:
 
     def _uses_gram(self, name: str, rows: int) -> bool:
         spec = registry.lookup(self.kfac._pre.method_of(name))
-        if not spec.takes_gram:
+        # EKFAC's moments are taken in the new eigenbasis by every process with rows, which in
+        # the memory-optimal mode does not hold the layer: it gathers rows there.
+        moments = spec.takes_moments and not self.partial
+        if not (spec.takes_gram or moments):
             return False
         if self.options.statistics is not None:
             return self.options.statistics == "gram"
         d_a, d_g = _widths(self.kfac._adapters[name])
-        return d_a * d_a + d_g * d_g < rows * (d_a + d_g)
+        return d_a * d_a + d_g * d_g + (d_a * d_g if moments else 0) < rows * (d_a + d_g)
 
     def _exchange(self, name: str, rows_per_rank: list[int], terms: float, work: _Work) -> Any:
         """Issue the exchange of one layer's statistics; returns the function that finishes it."""
@@ -396,6 +458,8 @@ class Session:
         else:
             a, g = got
         if self._uses_gram(name, total):
+            if registry.lookup(kfac._pre.method_of(name)).takes_moments:
+                self._local[name] = (a, g)  # for the moments in the eigenbasis, once it is known
             buf = torch.cat([(a.T @ a).reshape(-1), (g.T @ g).reshape(-1)]).to(comm)
             self.all_reduce(buf, work)
 
@@ -480,6 +544,29 @@ class Session:
         extra = 2.0 * n * d_a * d_g if part == "eigenbasis" else 0.0
         return side("eigh", d_a) + side("eigh", d_g) + extra
 
+    def _costs(self, slots: list[tuple[str, str]], estimates: dict[tuple[str, str], float]) -> list[float]:
+        """Each due decomposition's cost for :func:`assign_owners`, in seconds: its owner's last
+        measured time, scaled by how its estimate changed since (the rows of a B-update); a
+        decomposition not timed yet at the rate (estimated flops per second) of those that
+        were. Before any was timed, the estimates themselves (flops weighted by kind,
+        :func:`~lowrank_online.curvature.factors.decomposition_flops`). The timings reach
+        every process with the decompositions' descriptions, so every process computes the
+        same costs and the same owners."""
+        timed = [self._timings[s] for s in slots if s in self._timings]
+        seconds = sum(t for t, _ in timed)
+        flops = sum(e for _, e in timed)
+        if not timed or seconds <= 0.0 or flops <= 0.0:
+            return [estimates[s] for s in slots]
+        rate = flops / seconds
+        out = []
+        for s in slots:
+            if s in self._timings:
+                t, then = self._timings[s]
+                out.append(t * (estimates[s] / then if then > 0.0 else 1.0))
+            else:
+                out.append(estimates[s] / rate)
+        return out
+
     def _decompose_and_install(self, stats: dict[str, tuple[Any, Any]], due: dict[str, tuple[str, ...]]) -> None:
         """Owners compute the due decompositions; each goes to the processes holding its layer
         (every process, or the layer's workers), which install it or all take the skip path."""
@@ -490,7 +577,8 @@ class Session:
             # randomized decompositions) is then the one a single process would give it
             mine = pre.decompositions_due(name)
             slots += [(name, part) for part in (due[name] if self.partial else mine)]
-        costs = [self._slot_cost(name, part, *stats[name]) for name, part in slots]
+        estimates = {(name, part): self._slot_cost(name, part, *stats[name]) for name, part in slots}
+        costs = self._costs(slots, estimates)
         candidates = [self.layer_workers[name] for name, _ in slots] if self.partial else None
         owners = assign_owners(costs, self.world, candidates) if slots else []
         owner_of = dict(zip(slots, owners, strict=True))
@@ -503,20 +591,21 @@ class Session:
         local: dict[tuple[str, str], Any] = {}
         for name, parts in mine.items():
             a, g = stats[name]
-            try:
-                got = pre.decompose(name, a, g, parts=parts)
-            except _linalg.DecompositionError as err:
-                for p in parts:
-                    local[(name, p)] = ("failed", str(err))
-                continue
-            except Exception as err:  # noqa: BLE001 - reported to every process, then raised everywhere
-                for p in parts:
-                    local[(name, p)] = ("error", f"{type(err).__name__}: {err}")
-                continue
+            # one part at a time, timed: the next assignment uses the measured cost (each call
+            # repeats only the factors' averages, d^2 work beside a decomposition's)
             for p in parts:
+                begin = time.perf_counter()
+                try:
+                    got = pre.decompose(name, a, g, parts=[p])
+                except _linalg.DecompositionError as err:
+                    local[(name, p)] = ("failed", str(err))
+                    continue
+                except Exception as err:  # noqa: BLE001 - reported to every process, then raised everywhere
+                    local[(name, p)] = ("error", f"{type(err).__name__}: {err}")
+                    continue
                 spec, arrays = _flatten(got[p])
                 entries[(name, p)] = got[p]
-                local[(name, p)] = ("ok", spec, [tuple(x.shape) for x in arrays])
+                local[(name, p)] = ("ok", spec, [tuple(x.shape) for x in arrays], time.perf_counter() - begin)
         failed: dict[tuple[str, str], str] = {}
         if slots:
             # 3. what each owner produced (or why not), then the arrays themselves
@@ -524,6 +613,9 @@ class Session:
             for theirs in self.all_gather_object(local):
                 for slot, what in theirs.items():
                     described[slot] = what
+            for slot, what in described.items():
+                if what[0] == "ok":  # the same on every process, and so are the next costs
+                    self._timings[slot] = (what[3], estimates[slot])
             errors = [f"{slot}: {what[1]} (rank {owner_of[slot]})" for slot, what in described.items()
                       if what[0] == "error"]
             if errors:
@@ -558,11 +650,15 @@ class Session:
             for slot, buf in buffers.items():
                 if owner_of[slot] != self.rank:
                     entries[slot] = _unflatten(described[slot][1], described[slot][2], buf)
-        # 4. every process holding a layer installs the same entries, or they all take the skip
+        # 4. EKFAC layers fed Gram factors: the sums of every process's moments in the new basis
+        moments = self._moments(stats, slots, failed, entries)
+        # 5. every process holding a layer installs the same entries, or they all take the skip
         # path together (the others count the failure, to raise at max_failures with them)
         for name, (a, g) in stats.items():
             parts = [p for (n, p) in slots if n == name]
             why = "; ".join(failed[(name, p)] for p in parts if (name, p) in failed)
+            if not why and name in moments and moments[name] is None:
+                why = "the moments of its statistics in the eigenbasis are not finite"
             if not why:
                 self.curved.add(name)
             if self.partial and not self.holds(name):
@@ -572,9 +668,49 @@ class Session:
                 pre.skip_update(name, why)
                 continue
             given = {p: entries[(name, p)] for p in parts}
-            pre.update(name, a, g, decompositions=given or None)
+            pre.update(name, a, g, decompositions=given or None, moments=moments.get(name))
         busy = set(owners)
         self.report = StepReport(pre.steps, 0, owner_of, self.world - len(busy) if slots else 0, failed, 0.0)
+
+    def _moments(self, stats: dict[str, tuple[Any, Any]], slots: list[tuple[str, str]],
+                 failed: dict[tuple[str, str], str], entries: dict[tuple[str, str], Any]) -> dict[str, Any]:
+        """EKFAC layers fed Gram factors: each process's :meth:`eigenbasis_moments
+        <lowrank_online.curvature.KFACPreconditioner.eigenbasis_moments>` of its own rows in
+        the basis the layer is about to hold, all-reduced in one buffer (``d_g x d_a`` per
+        layer). ``{layer: total}``, None where it is not finite (every process sees the same
+        sum, so all skip together). A local failure (the moments overflow) enters the sum as
+        NaN instead of raising, which would leave the others waiting."""
+        self._moment_bytes = 0
+        pre = self.kfac._pre
+        names = [n for n in stats if n in self._local
+                 and not any((n, p) in failed for (m, p) in slots if m == n)]
+        if not names:
+            return {}
+        dt = self.kfac.factor_dtype
+        comm = self.options.comm_dtype or dt
+        parts = []
+        for name in names:
+            a, g = self._local[name]
+            d_a, d_g = _widths(self.kfac._adapters[name])
+            given = {p: entries[(n, p)] for (n, p) in slots if n == name}
+            local = torch.zeros((d_g, d_a), dtype=dt, device=self.device)
+            if a.shape[0]:
+                try:
+                    local = pre.eigenbasis_moments(name, a, g, decompositions=given or None)
+                except ValueError:
+                    local = torch.full((d_g, d_a), math.nan, dtype=dt, device=self.device)
+            parts.append(local.reshape(-1))
+        start = self.bytes
+        buf = self.all_reduce(torch.cat(parts).to(comm), _Work(False)).to(dt)
+        self._moment_bytes = self.bytes - start
+        out: dict[str, Any] = {}
+        offset = 0
+        for name in names:
+            d_a, d_g = _widths(self.kfac._adapters[name])
+            m = buf[offset: offset + d_a * d_g].reshape(d_g, d_a)
+            offset += d_a * d_g
+            out[name] = m if _finite(m) else None
+        return out
 
     def _count_failure(self, name: str, why: str) -> None:
         """The failure count of a layer held elsewhere, as its workers' preconditioner keeps it."""

@@ -557,6 +557,10 @@ class KFAC:
                         chunk.handle.remove()
                         chunk.output = None
         self._window.append(fwd)
+        if (self._dist is not None and self.fisher != "empirical" and self._dist.options.async_op
+                and len(self._window) == self.accumulation_steps):
+            # the window's statistics are complete: their exchange overlaps the user's backward
+            self._dist.start()
 
     def _grad_scale(self) -> float:
         return float(self.grad_scaler.get_scale()) if self.grad_scaler is not None else 1.0
@@ -668,6 +672,8 @@ class KFAC:
                     RuntimeWarning, stacklevel=3)
 
     def _discard_window(self, why: str) -> None:
+        if self._dist is not None:
+            self._dist.drop()
         if self._window:
             warnings.warn(f"KFAC discarded the statistics of {len(self._window)} forward pass(es): {why}",
                           RuntimeWarning, stacklevel=_caller_level())

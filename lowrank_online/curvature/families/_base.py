@@ -64,6 +64,11 @@ class Family(NamedTuple):
     ``precondition_blocks(state, blocks, damping, step) -> blocks``
         ``precondition`` in place on the gradient given as column blocks (``[W b]`` as ``W``
         and ``b``), where the family's solves allow it (the K-FAC family); None elsewhere.
+    ``moments(state, a, g, payload) -> array``
+        EKFAC: the sums over the rows ``(a, g)`` that its scalings need, in the basis of
+        ``payload`` (an installed decomposition) or of ``state``; ``init`` / ``update`` /
+        ``install`` then take ``moments=`` (with :class:`Gram` statistics) in place of the rows.
+        None elsewhere.
     """
 
     init: Callable[..., Any]
@@ -82,3 +87,4 @@ class Family(NamedTuple):
     part_types: dict[str, type] | None = None
     check_part: Callable[..., None] | None = None
     precondition_blocks: Callable[..., list[Any]] | None = None
+    moments: Callable[..., Any] | None = None
