@@ -217,6 +217,8 @@ def test_ekfac_gram_factors_and_moments_refuse_bad_input_and_change_nothing():
     assert "scalings" not in first["eigenbasis"]  # carried only; there is nothing to carry yet
     with pytest.raises(ValueError, match="`moments`"):
         pre.update("fc", A, G, decompositions=first)  # Gram factors alone do not give the scalings
+    with pytest.raises(ValueError, match="no scalings"):
+        pre.update("fc", a, g, decompositions=first)  # nor do the rows, given a payload without them
     _split_update(pre, "fc", blocks)
     pre.step()
     before = pre.state_dict()

@@ -528,7 +528,11 @@ class KFACPreconditioner:
     def _check_moments(self, layer: str, known: _Layer, a: Any, given: dict[str, Any], moments: Any) -> Any:
         """``moments`` of :meth:`update`: with Gram factors for EKFAC, never otherwise."""
         gram = isinstance(a, Gram)
+        payload = given.get("eigenbasis")
         if moments is None:
+            if payload is not None and payload.scalings is None:
+                raise ValueError("`decompositions['eigenbasis']` has no scalings (a decomposition of Gram factors): "
+                                 "install it with the batch's `moments`")
             if gram and known.family.moments is not None:
                 raise ValueError(f"layer {layer!r} ({known.method}) fed Gram factors needs `moments` (the batch's "
                                  "eigenbasis_moments): its scalings depend on more than the Gram matrices")
@@ -543,7 +547,6 @@ class KFACPreconditioner:
         if tuple(moments.shape) != (known.d_g, known.d_a):
             raise ValueError(f"`moments` of layer {layer!r} must have shape {(known.d_g, known.d_a)}, "
                              f"got {tuple(moments.shape)}")
-        payload = given.get("eigenbasis")
         if payload is None and "eigenbasis" in self._due_parts(known):
             raise ValueError(f"the eigenbasis of layer {layer!r} is due at step {self.steps}: with `moments`, pass "
                              "decompositions={'eigenbasis': ...} from decompose() of the same Gram factors")
