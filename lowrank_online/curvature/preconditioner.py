@@ -510,6 +510,26 @@ class KFACPreconditioner:
 
         Raises ``ValueError`` for a layer that is not EKFAC's, or whose eigenbasis is due
         (or which has none yet) while ``decompositions`` does not give it.
+
+        Examples
+        --------
+        Two blocks of rows of one batch, fed as sums: the update of the rows themselves.
+
+        >>> import numpy as np
+        >>> from lowrank_online.curvature import Gram, KFACPreconditioner
+        >>> rng = np.random.default_rng(0)
+        >>> a, g = rng.standard_normal((8, 3)), rng.standard_normal((8, 2))
+        >>> blocks = [(a[:5], g[:5]), (a[5:], g[5:])]
+        >>> pre = KFACPreconditioner("ekfac")
+        >>> A, G = Gram(a.T @ a / 8, 8), Gram(g.T @ g / 8, 8)
+        >>> basis = pre.decompose("fc", A, G)  # due: the layer has no eigenbasis yet
+        >>> M = sum(pre.eigenbasis_moments("fc", x, y, decompositions=basis) for x, y in blocks)
+        >>> pre.update("fc", A, G, decompositions=basis, moments=M)
+        >>> rows = KFACPreconditioner("ekfac")
+        >>> rows.update("fc", a, g)
+        >>> grad = np.ones((2, 3))
+        >>> bool(np.allclose(pre.precondition("fc", grad), rows.precondition("fc", grad)))
+        True
         """
         if isinstance(a, Gram) or isinstance(g, Gram):
             raise TypeError("`a` and `g` must be rows: the moments are sums over them")
