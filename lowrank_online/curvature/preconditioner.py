@@ -538,12 +538,18 @@ class KFACPreconditioner:
         if known.family.moments is None:
             raise ValueError(f"layer {layer!r} ({known.method}) has no eigenbasis moments: only EKFAC's scalings "
                              "need them")
-        given = self._check_decompositions(layer, known, decompositions)
+        payload = self._moments_basis(layer, known, self._check_decompositions(layer, known, decompositions))
+        return known.family.moments(known.state, a, g, payload)
+
+    def _moments_basis(self, layer: str, known: _Layer, given: dict[str, Any]) -> Any:
+        """The eigenbasis payload the moments are taken in: the one given, or None for the current
+        basis; ``ValueError`` when the eigenbasis is due (or the layer has none) and not given."""
         payload = given.get("eigenbasis")
         if payload is None and "eigenbasis" in self._due_parts(known):
             raise ValueError(f"the eigenbasis of layer {layer!r} is due at step {self.steps}: the moments must be "
-                             "taken in the new one; pass decompositions={'eigenbasis': ...} from decompose()")
-        return known.family.moments(known.state, a, g, payload)
+                             "taken in the new one; pass decompositions={'eigenbasis': ...} from decompose() of "
+                             "the same Gram factors")
+        return payload
 
     def _check_moments(self, layer: str, known: _Layer, a: Any, given: dict[str, Any], moments: Any) -> Any:
         """``moments`` of :meth:`update`: with Gram factors for EKFAC, never otherwise."""
@@ -567,9 +573,7 @@ class KFACPreconditioner:
         if tuple(moments.shape) != (known.d_g, known.d_a):
             raise ValueError(f"`moments` of layer {layer!r} must have shape {(known.d_g, known.d_a)}, "
                              f"got {tuple(moments.shape)}")
-        if payload is None and "eigenbasis" in self._due_parts(known):
-            raise ValueError(f"the eigenbasis of layer {layer!r} is due at step {self.steps}: with `moments`, pass "
-                             "decompositions={'eigenbasis': ...} from decompose() of the same Gram factors")
+        self._moments_basis(layer, known, given)
         if payload is not None and payload.scalings is None and known.state is not None:
             raise ValueError("`decompositions['eigenbasis']` has no scalings, but layer "
                              f"{layer!r} has some to carry into the new basis")

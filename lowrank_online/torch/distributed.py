@@ -232,13 +232,16 @@ class _Work:
 
 class _Exchange(NamedTuple):
     """A statistics exchange in flight: each layer's finishing function, the parts due (known
-    from the counts), the work to wait for, the bytes so far, the seconds spent issuing it."""
+    from the counts), the work to wait for, the bytes so far, the seconds spent issuing it, and
+    this process's rows of the layers whose Gram factors travel with moments (EKFAC), for the
+    moments in the eigenbasis once it is known."""
 
     pending: dict[str, Any]
     due: dict[str, tuple[str, ...]]
     work: _Work
     bytes: int
     seconds: float
+    own_rows: dict[str, tuple[Any, Any]]
 
 
 class Session:
@@ -262,9 +265,6 @@ class Session:
         # Layers whose workers hold curvature, known on every process (the same on all of them:
         # it changes only through decompositions whose outcome every process learns).
         self.curved: set[str] = set()
-        # This process's rows of the layers whose Gram factors travel with moments (EKFAC), kept
-        # for one statistics step.
-        self._local: dict[str, tuple[Any, Any]] = {}
         self._moment_bytes = 0
         self._started: _Exchange | None = None
         # (layer, part) -> (seconds its owner took last time, its estimated cost then)
@@ -341,7 +341,10 @@ class Session:
         end of the window's last forward pass when the Fisher's backward passes run inside it
         (``"mc"``, ``"type2"``), so that the transfers overlap the user's backward pass (and
         DDP's gradient all-reduce); :meth:`feed` then only waits for them. A collective: every
-        process calls it at the same point (they run the same forward passes)."""
+        process calls it at the same point (they run the same forward passes). Nothing with
+        ``async_op=False``, which keeps every collective in :meth:`feed`."""
+        if not self.options.async_op:
+            return
         self.drop()
         self._started = self._begin()
 
@@ -351,15 +354,11 @@ class Session:
         started, self._started = self._started, None
         if started is not None:
             started.work.wait()
-        self._local = {}
 
     def feed(self) -> None:
         """The distributed replacement of ``KFAC._feed``: exchange, decompose, install."""
         started, self._started = self._started, None
-        try:
-            self._complete(started if started is not None else self._begin(), started is not None)
-        finally:
-            self._local = {}
+        self._complete(started if started is not None else self._begin(), started is not None)
 
     def _begin(self) -> _Exchange:
         """Counts, then every layer's statistics issued as asynchronous work."""
@@ -367,7 +366,6 @@ class Session:
         pre = kfac._pre
         start = time.perf_counter()
         self.bytes = 0
-        self._local = {}
         names = list(kfac._adapters)
         # 1. counts: terms of the loss and rows per layer on every process, and (when layers live
         # on their workers only) each held layer's due decompositions, which only its workers know
@@ -385,13 +383,14 @@ class Session:
                 due[name] = tuple(p for j, p in enumerate(parts) if mask >> j & 1)
         work = _Work(self.options.async_op)
         pending: dict[str, Any] = {}
+        own_rows: dict[str, tuple[Any, Any]] = {}
         for i, name in enumerate(names):
             rows_per_rank = [int(v) for v in counts[:, 1 + i].tolist()]
             total = sum(rows_per_rank)
             if total == 0:
                 continue
-            pending[name] = self._exchange(name, rows_per_rank, terms, work)
-        return _Exchange(pending, due, work, self.bytes, time.perf_counter() - start)
+            pending[name] = self._exchange(name, rows_per_rank, terms, work, own_rows)
+        return _Exchange(pending, due, work, self.bytes, time.perf_counter() - start, own_rows)
 
     def _complete(self, exchange: _Exchange, early: bool) -> None:
         kfac = self.kfac
@@ -408,7 +407,7 @@ class Session:
                 continue
             stats[name] = (a, g)
         kfac._window = []
-        self._decompose_and_install(stats, exchange.due)
+        self._decompose_and_install(stats, exchange.due, exchange.own_rows)
         for name, (a, g) in stats.items():
             kfac._fed[name] += 1
             if kfac.keep_statistics:
@@ -444,8 +443,10 @@ class Session:
         d_a, d_g = _widths(self.kfac._adapters[name])
         return d_a * d_a + d_g * d_g + (d_a * d_g if moments else 0) < rows * (d_a + d_g)
 
-    def _exchange(self, name: str, rows_per_rank: list[int], terms: float, work: _Work) -> Any:
-        """Issue the exchange of one layer's statistics; returns the function that finishes it."""
+    def _exchange(self, name: str, rows_per_rank: list[int], terms: float, work: _Work,
+                  own_rows: dict[str, tuple[Any, Any]]) -> Any:
+        """Issue the exchange of one layer's statistics; returns the function that finishes it.
+        A layer whose Gram factors travel with moments leaves its rows in ``own_rows``."""
         kfac = self.kfac
         total = sum(rows_per_rank)
         dt = kfac.factor_dtype
@@ -459,7 +460,7 @@ class Session:
             a, g = got
         if self._uses_gram(name, total):
             if registry.lookup(kfac._pre.method_of(name)).takes_moments:
-                self._local[name] = (a, g)  # for the moments in the eigenbasis, once it is known
+                own_rows[name] = (a, g)
             buf = torch.cat([(a.T @ a).reshape(-1), (g.T @ g).reshape(-1)]).to(comm)
             self.all_reduce(buf, work)
 
@@ -555,7 +556,7 @@ class Session:
         timed = [self._timings[s] for s in slots if s in self._timings]
         seconds = sum(t for t, _ in timed)
         flops = sum(e for _, e in timed)
-        if not timed or seconds <= 0.0 or flops <= 0.0:
+        if seconds <= 0.0 or flops <= 0.0:  # nothing timed yet
             return [estimates[s] for s in slots]
         rate = flops / seconds
         out = []
@@ -567,7 +568,8 @@ class Session:
                 out.append(estimates[s] / rate)
         return out
 
-    def _decompose_and_install(self, stats: dict[str, tuple[Any, Any]], due: dict[str, tuple[str, ...]]) -> None:
+    def _decompose_and_install(self, stats: dict[str, tuple[Any, Any]], due: dict[str, tuple[str, ...]],
+                               own_rows: dict[str, tuple[Any, Any]]) -> None:
         """Owners compute the due decompositions; each goes to the processes holding its layer
         (every process, or the layer's workers), which install it or all take the skip path."""
         pre = self.kfac._pre
@@ -651,7 +653,7 @@ class Session:
                 if owner_of[slot] != self.rank:
                     entries[slot] = _unflatten(described[slot][1], described[slot][2], buf)
         # 4. EKFAC layers fed Gram factors: the sums of every process's moments in the new basis
-        moments = self._moments(stats, slots, failed, entries)
+        moments = self._moments(stats, slots, failed, entries, own_rows)
         # 5. every process holding a layer installs the same entries, or they all take the skip
         # path together (the others count the failure, to raise at max_failures with them)
         for name, (a, g) in stats.items():
@@ -673,7 +675,8 @@ class Session:
         self.report = StepReport(pre.steps, 0, owner_of, self.world - len(busy) if slots else 0, failed, 0.0)
 
     def _moments(self, stats: dict[str, tuple[Any, Any]], slots: list[tuple[str, str]],
-                 failed: dict[tuple[str, str], str], entries: dict[tuple[str, str], Any]) -> dict[str, Any]:
+                 failed: dict[tuple[str, str], str], entries: dict[tuple[str, str], Any],
+                 own_rows: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
         """EKFAC layers fed Gram factors: each process's :meth:`eigenbasis_moments
         <lowrank_online.curvature.KFACPreconditioner.eigenbasis_moments>` of its own rows in
         the basis the layer is about to hold, all-reduced in one buffer (``d_g x d_a`` per
@@ -682,24 +685,23 @@ class Session:
         NaN instead of raising, which would leave the others waiting."""
         self._moment_bytes = 0
         pre = self.kfac._pre
-        names = [n for n in stats if n in self._local
-                 and not any((n, p) in failed for (m, p) in slots if m == n)]
+        names = [n for n in stats if n in own_rows and not any(m == n for m, _ in failed)]
         if not names:
             return {}
         dt = self.kfac.factor_dtype
         comm = self.options.comm_dtype or dt
         parts = []
         for name in names:
-            a, g = self._local[name]
+            a, g = own_rows[name]
             d_a, d_g = _widths(self.kfac._adapters[name])
             given = {p: entries[(n, p)] for (n, p) in slots if n == name}
-            local = torch.zeros((d_g, d_a), dtype=dt, device=self.device)
+            mine = torch.zeros((d_g, d_a), dtype=dt, device=self.device)
             if a.shape[0]:
                 try:
-                    local = pre.eigenbasis_moments(name, a, g, decompositions=given or None)
+                    mine = pre.eigenbasis_moments(name, a, g, decompositions=given or None)
                 except ValueError:
-                    local = torch.full((d_g, d_a), math.nan, dtype=dt, device=self.device)
-            parts.append(local.reshape(-1))
+                    mine = torch.full((d_g, d_a), math.nan, dtype=dt, device=self.device)
+            parts.append(mine.reshape(-1))
         start = self.bytes
         buf = self.all_reduce(torch.cat(parts).to(comm), _Work(False)).to(dt)
         self._moment_bytes = self.bytes - start

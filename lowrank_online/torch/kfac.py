@@ -557,8 +557,7 @@ class KFAC:
                         chunk.handle.remove()
                         chunk.output = None
         self._window.append(fwd)
-        if (self._dist is not None and self.fisher != "empirical" and self._dist.options.async_op
-                and len(self._window) == self.accumulation_steps):
+        if self._dist is not None and self.fisher != "empirical" and len(self._window) == self.accumulation_steps:
             # the window's statistics are complete: their exchange overlaps the user's backward
             self._dist.start()
 
