@@ -48,3 +48,34 @@ class PreconditionerStep:
         a, g = self.batches[1]
         self.pre.update("fc", a, g)
         self.pre.precondition("fc", self.grad)
+
+
+class EKFACFromSums:
+    """EKFAC fed as data-parallel processes feed it (issue 15): Gram factors plus the moments of
+    each block of rows in the eigenbasis, against the same batch as rows. A 1024 x 512 layer,
+    batch 2048 in two blocks of 1024; a step between eigenbasis recomputations (T_inv large),
+    so the time is the averages and the scalings, not the EVD."""
+
+    timeout = 300
+
+    def setup(self):
+        from lowrank_online.curvature import Gram
+
+        rng = np.random.default_rng(0)
+        self.a, self.g = rng.standard_normal((2048, 1025)), rng.standard_normal((2048, 512))
+        self.blocks = [(self.a[:1024], self.g[:1024]), (self.a[1024:], self.g[1024:])]
+        self.grams = (Gram(self.a.T @ self.a / 2048, 2048), Gram(self.g.T @ self.g / 2048, 2048))
+        self.pre = KFACPreconditioner("ekfac", T_inv=10**6)
+        self.pre.update("fc", self.a, self.g)
+        self.pre.step()
+
+    def time_moments_of_one_block(self):
+        x, y = self.blocks[0]
+        self.pre.eigenbasis_moments("fc", x, y)
+
+    def time_update_from_sums(self):
+        moments = sum(self.pre.eigenbasis_moments("fc", x, y) for x, y in self.blocks)
+        self.pre.update("fc", *self.grams, moments=moments)
+
+    def time_update_from_rows(self):
+        self.pre.update("fc", self.a, self.g)
