@@ -125,11 +125,12 @@ def measure(name: str, build, x, y, methods: list[str], repeat: int, device: tor
 
 
 def _grads(model, layers):
+    """Each layer's gradient as KFAC sees it: the weight as a matrix, and the bias (or None)."""
     out = {}
     for n in layers:
         mod = model.get_submodule(n)
         w = mod.weight.grad.reshape(mod.weight.shape[0], -1)
-        out[n] = torch.cat([w, mod.bias.grad[:, None]], 1) if mod.bias is not None else w
+        out[n] = (w.clone(), None if mod.bias is None else mod.bias.grad.clone())
     return out
 
 
@@ -206,17 +207,20 @@ def _measure_method(name, build, model, x, y, method, repeat, device, rank, t_sg
 
 
 def _applier(pre, grads):
-    """``precondition`` as KFAC calls it (in place in a gradient buffer, finiteness checked by
-    the caller), and the copy that refreshes the buffers, to be subtracted."""
-    bufs = {n: torch.empty_like(G) for n, G in grads.items()}
+    """``precondition`` as KFAC calls it: ``precondition_blocks`` in place in a weight and a
+    bias buffer (the column blocks of ``[W b]``; the finiteness test included), and the copy
+    that refreshes the buffers, to be subtracted."""
+    bufs = {n: tuple(None if g is None else torch.empty_like(g) for g in pair) for n, pair in grads.items()}
 
     def copy():
-        for n, G in grads.items():
-            bufs[n].copy_(G)
+        for n, pair in grads.items():
+            for buf, g in zip(bufs[n], pair, strict=True):
+                if g is not None:
+                    buf.copy_(g)
 
     def apply():
         copy()
-        return [pre.precondition(n, bufs[n], check_finite=False, overwrite_grad=True) for n in grads]
+        return [pre.precondition_blocks(n, [w] if b is None else [w, b[:, None]]) for n, (w, b) in bufs.items()]
 
     return copy, apply
 

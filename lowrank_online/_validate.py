@@ -121,6 +121,12 @@ def check_symmetric_sketch(C: Any, name: str, xp: Any, eps_x: float) -> None:
         )
 
 
+class NonFiniteError(ValueError):
+    """The ``ValueError`` of an argument that holds NaN or infinity: its own class for the
+    callers that skip such input instead of failing (lowrank_online.torch leaves a non-finite
+    gradient unpreconditioned for the GradScaler to skip)."""
+
+
 def check_finite(x: Any, name: str, xp: Any) -> None:
     """Raise ``ValueError`` naming ``x`` if it holds NaN or infinity.
 
@@ -129,7 +135,7 @@ def check_finite(x: Any, name: str, xp: Any) -> None:
     client instead, and names the argument when one is not finite (see ``Backend.watch``).
     """
     if not is_lazy(xp) and not all_finite(xp, x):
-        raise ValueError(f"`{name}` contains NaN or infinity")
+        raise NonFiniteError(f"`{name}` contains NaN or infinity")
 
 
 def check_int(

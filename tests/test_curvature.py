@@ -146,8 +146,33 @@ def test_column_blocks_give_the_step_of_the_whole_gradient(xp, method):
         pre.precondition_blocks("fc", asarray(xp, grad))
     bad = grad.copy()
     bad[0, 0] = np.inf
-    with pytest.raises(ValueError, match=r"`blocks\[0\]` contains NaN"):
+    with pytest.raises(ValueError, match=r"`blocks(\[0\])?` contains? NaN"):
         pre.precondition_blocks("fc", [asarray(xp, bad)])
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_column_blocks_refuse_every_non_finite_entry_and_keep_the_blocks(xp, value):
+    """The K-FAC family tests the blocks on their projection onto the input factor's
+    eigenvectors: an entry in a column where every eigenvector is exactly zero (an input that
+    never varies), in the bias block, or anywhere else is refused, before a block is written."""
+    rng = np.random.default_rng(8)
+    d_in, d_out, N = 9, 6, 40
+    a = rng.standard_normal((N, d_in))
+    a[:, 3] = 0.0  # never active: row 3 of the input factor's eigenvectors is zero
+    pre = KFACPreconditioner("bkfac", rank=4)
+    for _ in range(2):
+        pre.update("fc", asarray(xp, a), asarray(xp, rng.standard_normal((N, d_out))))
+        pre.step()
+    grad = rng.standard_normal((d_out, d_in))
+    for i, j in [(0, 3), (5, 3), (2, 0), (4, 8), (1, 5)]:
+        bad = grad.copy()
+        bad[i, j] = value
+        blocks = [asarray(xp, bad[:, :8].copy()), asarray(xp, bad[:, 8:].copy())]  # [W b]
+        with pytest.raises(ValueError, match="`blocks` contain NaN or infinity"):
+            pre.precondition_blocks("fc", blocks)
+        got = np.concatenate([to_np(X) for X in blocks], axis=1)
+        np.testing.assert_array_equal(got, bad)
+    assert np.isfinite(np.concatenate([to_np(Y) for Y in pre.precondition_blocks("fc", [asarray(xp, grad)])], 1)).all()
 
 
 def test_pure_bkfac_never_allocates_a_d_by_d_matrix():

@@ -284,10 +284,11 @@ def solve(state: FactorState, Y: Any, damping: float, rank: int, continuation: b
 
 
 def solve_blocks(state: FactorState, blocks: list[Any], damping: float, rank: int, continuation: bool, xp: Any, *,
-                 rows: bool) -> list[Any]:
-    """:func:`solve` in place on a matrix given as column blocks (see ``_damped_solve_blocks``)."""
+                 rows: bool, check_finite: str | None = None) -> list[Any]:
+    """:func:`solve` in place on a matrix given as column blocks (see ``_damped_solve_blocks``,
+    whose ``check_finite`` tests them on their projection)."""
     L, Q = applied(state, rank)
-    return _damped_solve_blocks(L, Q, blocks, damping, continuation, xp, rows=rows)
+    return _damped_solve_blocks(L, Q, blocks, damping, continuation, xp, rows=rows, check_finite=check_finite)
 
 
 def check(state: FactorState, d: int, declared: str, where: str) -> None:

@@ -787,7 +787,10 @@ class KFACPreconditioner:
             The column blocks, in the layer's namespace, device and dtype; they are
             overwritten with the step's blocks.
         check_finite : bool, optional
-            Refuse blocks that hold NaN or infinity (default True).
+            Refuse blocks that hold NaN or infinity (default True): ``ValueError``, the
+            blocks unchanged. The K-FAC family tests them on their projection onto the input
+            factor's eigenvectors (``r`` of the ``d_in`` columns' worth of entries), which is
+            NaN or infinite exactly when a block is, or when the step would overflow.
 
         Returns
         -------
@@ -799,15 +802,17 @@ class KFACPreconditioner:
         known = self._layer(layer)
         if not isinstance(blocks, (list, tuple)) or not blocks:
             raise TypeError(f"`blocks` must be a non-empty list of arrays, got {type(blocks).__name__}")
+        in_solve = known.family.precondition_blocks is not None
         for i, X in enumerate(blocks):
-            self._check_grad(layer, X, known, finite=check_finite, name=f"blocks[{i}]", block=True)
+            self._check_grad(layer, X, known, finite=check_finite and not in_solve, name=f"blocks[{i}]", block=True)
         widths = [int(X.shape[1]) for X in blocks]
         if sum(widths) != known.d_a:
             raise ValueError(f"the column blocks of layer {layer!r} must have {known.d_a} columns in all, "
                              f"got {widths}")
         known, value = self._prepared(layer)
-        if known.family.precondition_blocks is not None:
-            return known.family.precondition_blocks(known.state, list(blocks), value, self.steps)
+        if in_solve:
+            return known.family.precondition_blocks(known.state, list(blocks), value, self.steps,
+                                                    check_finite="blocks" if check_finite else None)
         xp = known.xp
         step = known.family.precondition(known.state, xp.concat(list(blocks), axis=1), value, self.steps,
                                          overwrite=True)

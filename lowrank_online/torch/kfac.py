@@ -771,11 +771,14 @@ class KFAC:
                 continue
             blocks = adapter.grad_blocks(self.factor_dtype) if overwrite and self._dist is None else None
             if blocks is not None:
-                # In place in .grad: W and b as two column blocks of [W b], no [W b] copy
-                if not all(_finite_gram(X) for X in blocks):
+                # In place in .grad: W and b as two column blocks of [W b], no [W b] copy; the
+                # finiteness test reads the small projection (see precondition_blocks), and a
+                # refused gradient is left as it was.
+                try:
+                    out = self._pre.precondition_blocks(name, blocks)
+                except _validate.NonFiniteError:
                     nonfinite.append(name)
                     continue
-                out = self._pre.precondition_blocks(name, blocks, check_finite=False)
                 for X, Y in zip(blocks, out, strict=True):
                     if Y.data_ptr() != X.data_ptr():  # a family without block solves
                         X.copy_(Y)

@@ -61,9 +61,11 @@ class Family(NamedTuple):
         each part's payload NamedTuple class (a received payload is rebuilt from it);
     ``check_part(part, payload, where)``
         ``ValueError`` naming the entry when a received payload does not fit the layer;
-    ``precondition_blocks(state, blocks, damping, step) -> blocks``
+    ``precondition_blocks(state, blocks, damping, step, check_finite=None) -> blocks``
         ``precondition`` in place on the gradient given as column blocks (``[W b]`` as ``W``
         and ``b``), where the family's solves allow it (the K-FAC family); None elsewhere.
+        ``check_finite``: the name under which non-finite blocks are refused (``ValueError``
+        before any is written).
     ``moments(state, a, g, payload) -> array``
         EKFAC: the sums over the rows ``(a, g)`` that its scalings need, in the basis of
         ``payload`` (an installed decomposition) or of ``state``; ``init`` / ``update`` /

@@ -7,8 +7,10 @@ B-updates); the linear-time factored application is Alg. 8.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
+from ... import _validate
 from .. import _state, factors
 from ..config import CurvatureConfig
 from ..damping import Damping, factor_dampings, factored_squared_norm, squared_norm
@@ -77,11 +79,15 @@ def build(config: CurvatureConfig, method: MethodSpec, shape: LayerShape) -> Fam
         right = factors.solve(state.A, grad, lam_a, r, c, xp, rows=True, overwrite=overwrite)  # grad A^{-1}
         return factors.solve(state.G, right, lam_g, r, c, xp, overwrite=True)  # Gamma^{-1} grad A^{-1}
 
-    def precondition_blocks(state: KFACState, blocks: list[Any], damping: Damping, step: int) -> list[Any]:
+    def precondition_blocks(state: KFACState, blocks: list[Any], damping: Damping, step: int,
+                            check_finite: str | None = None) -> list[Any]:
         grad_sq = sum(squared_norm(X, xp) for X in blocks) if damping.gradient else 0.0
+        if check_finite is not None and not math.isfinite(grad_sq):
+            raise _validate.NonFiniteError(f"`{check_finite}` contain NaN or infinity")
         lam_a, lam_g = dampings(state, damping, step, grad_sq)
         r, c = config.rank_at(step), config.continuation
-        blocks = factors.solve_blocks(state.A, blocks, lam_a, r, c, xp, rows=True)
+        # the first solve tests the blocks (on their projection) before it writes into them
+        blocks = factors.solve_blocks(state.A, blocks, lam_a, r, c, xp, rows=True, check_finite=check_finite)
         return factors.solve_blocks(state.G, blocks, lam_g, r, c, xp, rows=False)
 
     def precondition_factored(state: KFACState, G: Any, A: Any, damping: Damping, step: int) -> tuple[Any, Any]:
