@@ -790,7 +790,7 @@ class KFACPreconditioner:
             Refuse blocks that hold NaN or infinity (default True): ``ValueError``, the
             blocks unchanged. The K-FAC family tests them on their projection onto the input
             factor's eigenvectors (``r`` of the ``d_in`` columns' worth of entries), which is
-            NaN or infinite exactly when a block is, or when the step would overflow.
+            NaN or infinite whenever a block is (and when the projection itself overflows).
 
         Returns
         -------
